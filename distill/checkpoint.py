@@ -1,0 +1,186 @@
+"""Checkpoints on disk. Every write is atomic (write beside, then rename), so a run killed at any moment
+leaves either the old file or the new one, never a broken one.
+
+* A *model checkpoint* is ``model.safetensors`` plus ``model.json`` (architecture, classes, palette,
+  mean/std, provenance): everything needed to rebuild the model without the training code's config,
+  e.g. for export. Loading builds the architecture from the JSON and loads the weights strictly.
+* A *training state* is a folder ``checkpoints/step_NNNNNNN`` written by ``Accelerator.save_state``
+  (model, optimiser(s), RNG states; loaded back with ``weights_only=True``) plus ``progress.json``
+  (step, data position, best score). A folder only gets its final name once complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from distill.config import ModelConfig, config_to_dict, parse_dataclass
+from distill.models import build_model
+from distill.registry import ConfigError
+
+FORMAT = "segdistill-model/1"
+WEIGHTS_NAME, META_NAME, PROGRESS_NAME = "model.safetensors", "model.json", "progress.json"
+STATE_PATTERN = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that is missing, unreadable or does not fit the model."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_model(model: nn.Module, directory: str | Path, model_cfg: ModelConfig, info, extra: dict[str, Any]) -> Path:
+    """Write ``model.safetensors`` + ``model.json`` into ``directory``; returns the weights path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / WEIGHTS_NAME
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS_NAME}.")
+    os.close(fd)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, tmp, metadata={"format": FORMAT})
+    os.replace(tmp, weights)
+    meta = {
+        "format": FORMAT,
+        "model": config_to_dict(model_cfg),
+        "num_classes": info.num_classes,
+        "dataset": info.name,
+        "classes": list(info.classes),
+        "palette": [list(c) for c in info.palette],
+        "ignore_index": info.ignore_index,
+        "weights_sha256": sha256_of(weights),
+        **extra,
+    }
+    atomic_write_text(directory / META_NAME, json.dumps(meta, indent=2))
+    return weights
+
+
+def resolve_model_path(path: str | Path) -> tuple[Path, Path]:
+    """(weights, metadata) for a folder, a ``.safetensors`` or a ``.json`` path."""
+    path = Path(path)
+    directory = path if path.is_dir() else path.parent
+    weights, meta = directory / WEIGHTS_NAME, directory / META_NAME
+    if path.suffix == ".safetensors":
+        weights = path
+    for needed in (weights, meta):
+        if not needed.is_file():
+            raise CheckpointError(
+                f"checkpoint {str(path)!r}: {str(needed)!r} does not exist (a model checkpoint is a folder "
+                f"with {WEIGHTS_NAME} and {META_NAME})"
+            )
+    return weights, meta
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    _, meta_path = resolve_model_path(path)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"checkpoint metadata {str(meta_path)!r} is not valid JSON: {err}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint metadata {str(meta_path)!r} has format {meta.get('format')!r}; expected {FORMAT!r}")
+    return meta
+
+
+def load_weights(model: nn.Module, weights: str | Path) -> None:
+    """Load a safetensors file (or a ``torch.save`` state dict, with ``weights_only=True``) strictly."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise CheckpointError(f"weights file {str(weights)!r} does not exist")
+    try:
+        if weights.suffix == ".safetensors":
+            state = load_file(weights)
+        else:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"weights file {str(weights)!r} could not be read: {err}") from None
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"weights file {str(weights)!r} does not match the model: "
+            f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}, "
+            f"{len(wrong)} shape mismatches {wrong[:3]}"
+        )
+    model.load_state_dict(state)
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from its checkpoint folder (architecture from the JSON) and load its weights."""
+    weights, _ = resolve_model_path(path)
+    meta = read_metadata(path)
+    model_cfg = parse_dataclass(ModelConfig, meta["model"], "model")
+    model_cfg.pretrained = None  # the checkpoint holds every weight; the ImageNet init is not needed
+    model = build_model(model_cfg, meta["num_classes"])
+    load_weights(model, weights)
+    return model, meta
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training state
+
+
+def state_dirs(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete training-state folders of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = STATE_PATTERN.match(child.name)
+        if match and (child / PROGRESS_NAME).is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def begin_state(run_dir: str | Path, step: int) -> Path:
+    """A fresh temporary folder to write the state of ``step`` into (see :func:`commit_state`)."""
+    tmp = Path(run_dir) / "checkpoints" / f".tmp_step_{step:07d}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit_state(tmp: Path, progress: dict[str, Any], keep: int) -> Path:
+    """Write ``progress.json``, give the folder its final name, and drop the oldest beyond ``keep``."""
+    atomic_write_text(tmp / PROGRESS_NAME, json.dumps(progress, indent=2))
+    final = tmp.parent / tmp.name.removeprefix(".tmp_")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for _, old in state_dirs(tmp.parent.parent)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_progress(state_dir: Path) -> dict[str, Any]:
+    return json.loads((state_dir / PROGRESS_NAME).read_text())

@@ -1,0 +1,373 @@
+"""Experiment configuration: YAML files plus ``key=value`` overrides, validated against dataclasses.
+
+Every key is checked: an unknown key, a value of the wrong type, or an unknown dataset / model / loss
+name raises :class:`ConfigError` naming the key and listing the valid choices. A file may start from
+another one with ``base: other.yaml`` (a path relative to the file); its keys are merged on top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from distill.registry import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in procedural scenes (see distill/data/synthetic.py)."""
+
+    num_train: int = 512
+    num_val: int = 96
+    size: tuple[int, int] = (96, 96)
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"
+    root: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    # Rescale whole images and labels on load (e.g. 0.5 for half-resolution CPU-scale runs).
+    # Evaluation then also happens at that resolution.
+    resize: float = 1.0
+    crop_size: tuple[int, int] = (96, 96)
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    hflip: bool = True
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    batch_size: int = 8
+    val_batch_size: int = 1
+    num_workers: int = 2
+    # Only for the "folder" dataset: class names (index = label value) and the ignored label.
+    classes: list[str] | None = None
+    ignore_index: int = 255
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet18"
+    head: str = "aspp"
+    output_stride: Literal[8, 16, 32] = 8
+    # None: random init; "hub": ImageNet weights from timm or torchvision (downloads); else a local file.
+    pretrained: str | None = None
+    head_channels: int = 256
+    aux_head: bool = True
+    dropout: float = 0.1
+    # A complete torchvision segmentation model instead of backbone + head (e.g. "deeplabv3_resnet50").
+    torchvision_model: str | None = None
+
+
+@dataclass
+class TeacherConfig:
+    # One of: a checkpoint of ours (model.safetensors beside its model.json), or model + weights.
+    checkpoint: str | None = None
+    model: ModelConfig | None = None
+    weights: str | None = None
+
+
+@dataclass
+class LossConfig:
+    name: str = "pixel_kd"
+    weight: float = 1.0
+    # Named tensors of SegOutput the loss reads ("logits", "aux_logits", "c1".."c4", "head").
+    # None: the loss's own default binding.
+    student: str | None = None
+    teacher: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerConfig:
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 5e-4
+    # Multiplier of the learning rate for the head and the loss modules (backbone keeps lr).
+    head_lr_mult: float = 1.0
+
+
+@dataclass
+class ScheduleConfig:
+    name: Literal["poly", "constant"] = "poly"
+    power: float = 0.9
+    warmup_iters: int = 0
+    min_lr: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 200
+    grad_accum: int = 1
+    grad_clip: float | None = None
+    aux_weight: float = 0.4
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    sync_bn: bool = True
+    eval_interval: int = 100
+    checkpoint_interval: int = 100
+    keep_checkpoints: int = 2
+    log_interval: int = 10
+    deterministic: bool = True
+    # Write the dataset indices each process consumes to samples_rank{R}.txt (data-order audit).
+    record_samples: bool = False
+
+
+@dataclass
+class EvalConfig:
+    mode: Literal["whole", "slide"] = "whole"
+    crop_size: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    flip: bool = False
+
+
+@dataclass
+class Config:
+    output_dir: str = "runs/experiment"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig | None = None
+    losses: list[LossConfig] = field(default_factory=list)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Parsing
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if origin in (list, tuple):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        inner = _type_name(args[0]) if args else "any"
+        if origin is tuple and Ellipsis not in typing.get_args(tp):
+            return f"a list of {len(args)} x {inner}"
+        return f"a list of {inner}"
+    if origin is dict:
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert (lists to tuples, ints to floats)."""
+    origin = typing.get_origin(tp)
+    wrong = ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _convert(value, option, key)
+            except ConfigError:
+                continue
+        raise wrong
+    if tp is type(None):
+        if value is None:
+            return None
+        raise wrong
+    if origin is Literal:
+        if value in typing.get_args(tp) and type(value) is type(typing.get_args(tp)[0]):
+            return value
+        raise wrong
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise wrong
+        return parse_dataclass(tp, value, key)
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise wrong
+        args = typing.get_args(tp)
+        if origin is tuple and args and Ellipsis not in args:
+            if len(value) != len(args):
+                raise wrong
+            return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        inner = args[0] if args else Any
+        items = [_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise wrong
+        return dict(value)
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise wrong
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise wrong
+    if tp in (bool, str):
+        if isinstance(value, tp):
+            return value
+        raise wrong
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")
+
+
+def parse_dataclass(cls: type, values: dict, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, checking every key and type (errors name ``prefix.key``)."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" Did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {full!r}.{hint} Valid keys here: {', '.join(names)}")
+        kwargs[key] = _convert(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def parse_config(values: dict) -> Config:
+    """Build a validated :class:`Config` from a plain mapping (as read from YAML)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a mapping of keys, got {type(values).__name__}")
+    cfg = parse_dataclass(Config, values, "")
+    validate_names(cfg)
+    return cfg
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file {str(path)!r} includes itself through 'base'")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {str(path)!r} must contain a mapping of keys")
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    return _merge(_read_yaml(path.parent / base, seen + (path.resolve(),)), values)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "params":
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def apply_override(values: dict, override: str) -> None:
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (``lr=1e-3``, ``[1, 2]``)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like key=value (for example train.iterations=100)")
+    dotted, raw = override.split("=", 1)
+    parts = dotted.strip().split(".")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _looks_like_float(value):
+        value = float(value)  # YAML 1.1 reads "1e-3" as a string
+    node: Any = values
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = node[_list_index(part, node, parts[: depth + 1])]
+        else:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        if not isinstance(node, dict | list):
+            # e.g. "seed.x=1" where seed is a number: a ConfigError, not a TypeError from item assignment
+            raise ConfigError(f"override key {'.'.join(parts)!r}: {'.'.join(parts[: depth + 1])!r} is not a mapping or a list")
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(last, node, parts)] = value
+    else:
+        node[last] = value
+
+
+def _list_index(part: str, node: list, parts: list[str]) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override key {'.'.join(parts)!r}: expected a list index below {len(node)}")
+    return int(part)
+
+
+def _looks_like_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return any(c in text.lower() for c in ".e") and text.lower() not in ("nan", "inf", "-inf")
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML file (or start from defaults when ``path`` is None) and apply overrides."""
+    values = _read_yaml(Path(path)) if path is not None else {}
+    for override in overrides:
+        apply_override(values, override)
+    return parse_config(values)
+
+
+def config_to_dict(cfg: Any) -> Any:
+    """Plain data (lists instead of tuples) for YAML / JSON."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, list | tuple):
+        return [config_to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: config_to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def validate_names(cfg: Config) -> None:
+    """Check every registered name (dataset, backbone, head, loss) and the loss parameters."""
+    from distill.data import DATASETS
+    from distill.losses import LOSSES, build_loss_params
+    from distill.models import check_model_config
+
+    DATASETS.get(cfg.data.name, "data.name")
+    check_model_config(cfg.model, "model")
+    if cfg.teacher is not None:
+        teacher = cfg.teacher
+        if (teacher.checkpoint is None) == (teacher.model is None):
+            raise ConfigError("config key 'teacher': give either 'checkpoint' (a model of ours) or 'model' (+ 'weights')")
+        if teacher.model is not None:
+            check_model_config(teacher.model, "teacher.model")
+    for i, loss in enumerate(cfg.losses):
+        where = f"losses[{i}]"
+        LOSSES.get(loss.name, f"{where}.name")
+        build_loss_params(loss, where)
+        if LOSSES.get(loss.name).needs_teacher and cfg.teacher is None:
+            raise ConfigError(f"{where}: loss {loss.name!r} distils from a teacher, but the config has no 'teacher'")
+    if cfg.data.name == "folder" and not cfg.data.classes:
+        raise ConfigError("config key 'data.classes': the folder dataset needs the list of class names")

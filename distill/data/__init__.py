@@ -1,0 +1,70 @@
+"""Datasets by name. Every builder takes (data config, split) and returns a dataset whose items are
+(uint8 image (3, H, W), int64 label (H, W)) and whose ``info`` is a :class:`DatasetInfo`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch.utils.data import Dataset
+
+from distill.data.ade20k import ade20k
+from distill.data.base import DatasetError, DatasetInfo
+from distill.data.camvid import camvid
+from distill.data.cityscapes import cityscapes
+from distill.data.cocostuff import cocostuff
+from distill.data.folder import image_folder
+from distill.data.synthetic import SyntheticScenes
+from distill.data.voc import voc
+from distill.registry import ConfigError, Registry
+
+DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
+
+
+def _needs_root(data_cfg) -> str:
+    if not data_cfg.root:
+        raise ConfigError(f"config key 'data.root': dataset {data_cfg.name!r} needs the path of its folder")
+    return data_cfg.root
+
+
+@DATASETS.register("synthetic")
+def _synthetic(data_cfg, split: str) -> Dataset:
+    syn = data_cfg.synthetic
+    length = syn.num_train if split == data_cfg.train_split else syn.num_val
+    return SyntheticScenes(split, length, syn.size, syn.seed)
+
+
+@DATASETS.register("camvid")
+def _camvid(data_cfg, split: str) -> Dataset:
+    return camvid(_needs_root(data_cfg), split, data_cfg.resize)
+
+
+@DATASETS.register("cityscapes")
+def _cityscapes(data_cfg, split: str) -> Dataset:
+    return cityscapes(_needs_root(data_cfg), split, data_cfg.resize)
+
+
+@DATASETS.register("voc")
+def _voc(data_cfg, split: str) -> Dataset:
+    return voc(_needs_root(data_cfg), split, data_cfg.resize)
+
+
+@DATASETS.register("ade20k")
+def _ade20k(data_cfg, split: str) -> Dataset:
+    return ade20k(_needs_root(data_cfg), split, data_cfg.resize)
+
+
+@DATASETS.register("cocostuff")
+def _cocostuff(data_cfg, split: str) -> Dataset:
+    return cocostuff(_needs_root(data_cfg), split, data_cfg.resize)
+
+
+@DATASETS.register("folder")
+def _folder(data_cfg, split: str) -> Dataset:
+    return image_folder(_needs_root(data_cfg), split, data_cfg.classes, data_cfg.ignore_index, data_cfg.resize)
+
+
+def build_dataset(data_cfg, split: str) -> Dataset:
+    return DATASETS.get(data_cfg.name, "data.name")(data_cfg, split)
+
+
+__all__ = ["DATASETS", "DatasetError", "DatasetInfo", "build_dataset"]

@@ -1,0 +1,106 @@
+"""The built-in default dataset: procedural scenes, generated on the fly, deterministic per index.
+
+Colour carries no class information: every region and object draws its colours from the same
+distribution. What tells the classes apart is texture and context:
+
+* sky / ground: smooth low-frequency texture above a wavy horizon, fine grain below it;
+* fine stripes / coarse stripes: the same pattern at two scales (period 4 vs 9 pixels), any orientation;
+* checker: a checkerboard at a third scale;
+* flyer / crawler: identical dotted blobs, labelled by whether they lie above or below the horizon,
+  so telling them apart needs a receptive field that reaches the horizon.
+
+Small networks (little context, few channels) confuse these; a larger one separates them, which is
+what makes the teacher/student gap and its distillation visible in a few minutes on a CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from distill.data.base import DatasetInfo
+
+CLASSES = ("sky", "ground", "fine stripes", "coarse stripes", "checker", "flyer", "crawler")
+PALETTE = ((70, 130, 180), (152, 251, 152), (220, 20, 60), (255, 140, 0), (106, 90, 205), (255, 255, 0), (0, 0, 142))
+IGNORE_INDEX = 255
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+
+
+def _colour(rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(40, 215, size=3)
+
+
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
+    """Bilinearly upsampled random grid in [0, 1]: low-frequency texture."""
+    grid = torch.from_numpy(rng.uniform(0, 1, size=(1, 1, cells, cells)).astype(np.float32))
+    up = torch.nn.functional.interpolate(grid, size=(h, w), mode="bilinear", align_corners=True)
+    return up[0, 0].numpy()
+
+
+def _blend(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    return a[None, None, :] * (1 - t[..., None]) + b[None, None, :] * t[..., None]
+
+
+def render_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """One scene: float image (H, W, 3) in 0..255 and int64 labels (H, W)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    phase, amp, freq = rng.uniform(0, 2 * np.pi), rng.uniform(0.02, 0.08) * h, rng.uniform(1, 3)
+    horizon = rng.uniform(0.3, 0.7) * h + amp * np.sin(2 * np.pi * freq * xx[0] / w + phase)
+    below = yy >= horizon[None, :]
+
+    sky = _blend(_colour(rng), _colour(rng), _smooth_noise(rng, h, w, 4))
+    grain = np.clip(rng.normal(0.5, 0.25, size=(h, w)), 0, 1)
+    ground = _blend(_colour(rng), _colour(rng), grain)
+    image = np.where(below[..., None], ground, sky)
+    label = below.astype(np.int64)  # 0 sky, 1 ground
+
+    for _ in range(int(rng.integers(2, 6))):
+        kind = int(rng.integers(2, 6))  # 2 fine, 3 coarse, 4 checker, 5 blob (flyer or crawler)
+        cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
+        ry, rx = rng.uniform(0.08, 0.2) * h, rng.uniform(0.08, 0.2) * w
+        if rng.uniform() < 0.5:
+            inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        else:
+            inside = (np.abs(yy - cy) <= ry) & (np.abs(xx - cx) <= rx)
+        angle = rng.uniform(0, np.pi)
+        u = xx * np.cos(angle) + yy * np.sin(angle)
+        if kind == 2:
+            pattern = (np.sin(2 * np.pi * u / 4.0) > 0).astype(np.float32)
+        elif kind == 3:
+            pattern = (np.sin(2 * np.pi * u / 9.0) > 0).astype(np.float32)
+        elif kind == 4:
+            v = -xx * np.sin(angle) + yy * np.cos(angle)
+            pattern = ((np.floor(u / 6.0) + np.floor(v / 6.0)) % 2).astype(np.float32)
+        else:
+            pattern = np.zeros((h, w), np.float32)
+            for _ in range(int(rng.integers(8, 20))):
+                dy, dx = rng.uniform(-ry, ry), rng.uniform(-rx, rx)
+                pattern[((yy - cy - dy) ** 2 + (xx - cx - dx) ** 2) <= rng.uniform(1.5, 3.0) ** 2] = 1.0
+            above_horizon = cy < horizon[int(np.clip(cx, 0, w - 1))]
+            kind = 5 if above_horizon else 6
+        image = np.where(inside[..., None], _blend(_colour(rng), _colour(rng), pattern), image)
+        label = np.where(inside, kind, label)
+
+    contrast, brightness = rng.uniform(0.7, 1.3), rng.uniform(-25, 25)
+    image = (image - 128) * contrast + 128 + brightness + rng.normal(0, 8, size=image.shape)
+    return np.clip(image, 0, 255), label
+
+
+class SyntheticScenes(torch.utils.data.Dataset):
+    """``length`` scenes of size ``size`` (H, W); scene i of a split is the same on every machine."""
+
+    def __init__(self, split: str, length: int, size: tuple[int, int], seed: int = 0) -> None:
+        if split not in SPLIT_IDS:
+            raise ValueError(f"synthetic split {split!r} unknown; choose one of {sorted(SPLIT_IDS)}")
+        self.split_id, self.length, self.size, self.seed = SPLIT_IDS[split], length, tuple(size), seed
+        self.info = DatasetInfo("synthetic", CLASSES, PALETTE, IGNORE_INDEX)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        rng = np.random.default_rng([self.seed, self.split_id, index])
+        image, label = render_scene(rng, *self.size)
+        return torch.from_numpy(image.astype(np.uint8)).permute(2, 0, 1).contiguous(), torch.from_numpy(label)

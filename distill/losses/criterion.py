@@ -1,0 +1,86 @@
+"""Task loss + weighted distillation losses, each bound to named tensors of student and teacher.
+
+Built once from a dry-run forward, so a loss that reads a tensor a model does not provide fails before
+training with a message that lists what the model has. All losses run in float32 with autocast off,
+whatever the mixed-precision setting; teacher tensors are detached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from distill.config import LossConfig, parse_dataclass
+from distill.losses.base import DistillLoss, LossContext
+from distill.losses.registry import LOSSES
+from distill.losses.task import TaskLoss
+from distill.models import SegOutput
+from distill.registry import ConfigError
+
+
+def build_loss_params(cfg: LossConfig, where: str):
+    return parse_dataclass(LOSSES.get(cfg.name, f"{where}.name").Params, cfg.params, f"{where}.params")
+
+
+@dataclass
+class Binding:
+    label: str  # the name this term is logged under
+    weight: float
+    student: str
+    teacher: str
+
+
+def _lookup(output: SegOutput | None, name: str, side: str, loss: str) -> torch.Tensor:
+    if output is None:
+        raise ConfigError(f"loss {loss!r} reads the teacher's {name!r}, but there is no teacher")
+    try:
+        return output.tensor(name)
+    except KeyError as err:
+        raise ConfigError(f"loss {loss!r} reads the {side}'s tensor {name!r}: {err.args[0]}") from None
+
+
+class Criterion(nn.Module):
+    def __init__(self, task: TaskLoss, terms: list[DistillLoss], bindings: list[Binding]) -> None:
+        super().__init__()
+        self.task = task
+        self.terms = nn.ModuleList(terms)
+        self.bindings = bindings
+
+    def forward(
+        self, student: SegOutput, teacher: SegOutput | None, context: LossContext
+    ) -> dict[str, torch.Tensor]:
+        """Named, weighted loss parts; their sum is the training loss."""
+        device_type = student.logits.device.type
+        with torch.autocast(device_type, enabled=False):
+            parts = self.task(_to_float(student), context.labels)
+            for term, bind in zip(self.terms, self.bindings, strict=True):
+                s = student.tensor(bind.student).float()
+                t = teacher.tensor(bind.teacher).detach().float() if term.needs_teacher else None
+                parts[bind.label] = bind.weight * term(s, t, context)
+        return parts
+
+
+def _to_float(output: SegOutput) -> SegOutput:
+    aux = output.aux_logits.float() if output.aux_logits is not None else None
+    return SegOutput(output.logits.float(), aux, output.features)
+
+
+def build_criterion(
+    loss_cfgs: list[LossConfig], task: TaskLoss, student: SegOutput, teacher: SegOutput | None
+) -> Criterion:
+    """Instantiate the configured losses from the shapes of a dry-run forward of both models."""
+    terms, bindings, seen = [], [], set()
+    for i, cfg in enumerate(loss_cfgs):
+        where = f"losses[{i}]"
+        cls = LOSSES.get(cfg.name, f"{where}.name")
+        bind = Binding(cfg.name, cfg.weight, cfg.student or cls.default_student, cfg.teacher or cls.default_teacher)
+        if bind.label in seen:
+            bind.label = f"{cfg.name}_{i}"
+        seen.add(bind.label)
+        s_shape = _lookup(student, bind.student, "student", cfg.name).shape
+        t_shape = _lookup(teacher, bind.teacher, "teacher", cfg.name).shape if cls.needs_teacher else None
+        terms.append(cls(build_loss_params(cfg, where), s_shape, t_shape))
+        bindings.append(bind)
+    return Criterion(task, terms, bindings)

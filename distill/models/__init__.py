@@ -1,0 +1,44 @@
+"""Model builders: one ``build_model(model_config, num_classes)`` for every architecture."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from distill.models.backbones import build_backbone, check_backbone
+from distill.models.heads import HEADS, build_head
+from distill.models.output import FEATURE_NAMES, TENSOR_NAMES, SegOutput
+from distill.models.segmentor import Segmentor, aux_fcn_head
+from distill.models.torchvision_seg import TORCHVISION_SEGMENTATION, TorchvisionSegmentor
+from distill.registry import ConfigError, unknown_choice
+
+
+def check_model_config(cfg, where: str = "model") -> None:
+    """Validate names and files of a :class:`distill.config.ModelConfig` without building it."""
+    if cfg.torchvision_model is not None:
+        if cfg.torchvision_model not in TORCHVISION_SEGMENTATION:
+            raise unknown_choice("torchvision segmentation model", cfg.torchvision_model, TORCHVISION_SEGMENTATION, f"{where}.torchvision_model")
+        if cfg.pretrained not in (None, "hub"):
+            raise ConfigError(f"{where}.pretrained: a torchvision segmentation model takes null or 'hub'; give a weights file as teacher.weights")
+        return
+    HEADS.get(cfg.head, f"{where}.head")
+    check_backbone(cfg.backbone, cfg.output_stride, cfg.pretrained, where)
+
+
+def build_model(cfg, num_classes: int) -> nn.Module:
+    """A model whose forward returns :class:`SegOutput`."""
+    check_model_config(cfg)
+    if cfg.torchvision_model is not None:
+        return TorchvisionSegmentor(cfg.torchvision_model, num_classes, hub_weights=cfg.pretrained == "hub", aux=cfg.aux_head)
+    backbone = build_backbone(cfg.backbone, cfg.output_stride, cfg.pretrained)
+    head = build_head(cfg.head, backbone.channels[-1], cfg.head_channels, num_classes, cfg.dropout, cfg.output_stride)
+    aux = aux_fcn_head(backbone.channels[-2], cfg.head_channels, num_classes, cfg.dropout) if cfg.aux_head else None
+    return Segmentor(backbone, head, aux)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = [
+    "FEATURE_NAMES", "HEADS", "TENSOR_NAMES", "SegOutput", "build_model", "check_model_config", "count_parameters",
+]  # fmt: skip

@@ -1,0 +1,110 @@
+"""Backbones that return the last four stages (c1..c4) at output stride 8, 16 or 32.
+
+* timm, any name with ``features_only`` support (``resnet18``, ``mobilenetv2_100``, ...). ImageNet
+  weights come from timm's hub when ``pretrained="hub"``, or from a local file (``pretrained=PATH``,
+  loaded through timm's ``pretrained_cfg_overlay=dict(file=...)``).
+* torchvision ResNets with dilation, named ``torchvision:resnet50`` etc. (``pretrained="hub"`` uses
+  torchvision's ImageNet weights; a path loads a state dict with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from distill.registry import ConfigError, unknown_choice
+
+TORCHVISION_PREFIX = "torchvision:"
+TORCHVISION_RESNETS = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
+    "wide_resnet50_2", "wide_resnet101_2",
+)  # fmt: skip
+BASIC_BLOCK_RESNETS = ("resnet18", "resnet34")
+
+
+class Backbone(nn.Module):
+    """``forward(x)`` returns ``[c1, c2, c3, c4]``; ``channels`` and ``strides`` describe them."""
+
+    channels: list[int]
+    strides: list[int]
+
+
+class TimmBackbone(Backbone):
+    def __init__(self, name: str, output_stride: int, pretrained: str | None) -> None:
+        super().__init__()
+        kwargs: dict = {"features_only": True, "out_indices": (-4, -3, -2, -1)}
+        if output_stride != 32:
+            kwargs["output_stride"] = output_stride
+        if pretrained == "hub":
+            kwargs["pretrained"] = True
+        elif pretrained is not None:
+            kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(pretrained)})
+        self.body = timm.create_model(name, **kwargs)
+        self.channels = list(self.body.feature_info.channels())
+        self.strides = list(self.body.feature_info.reduction())
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.body(x))
+
+
+class TorchvisionResNet(Backbone):
+    def __init__(self, name: str, output_stride: int, pretrained: str | None) -> None:
+        super().__init__()
+        dilate = {8: [False, True, True], 16: [False, False, True], 32: [False, False, False]}[output_stride]
+        weights = "DEFAULT" if pretrained == "hub" else None
+        net = getattr(torchvision.models, name)(weights=weights, replace_stride_with_dilation=dilate)
+        if pretrained not in (None, "hub"):
+            state = torch.load(pretrained, map_location="cpu", weights_only=True)
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            missing, unexpected = net.load_state_dict(state, strict=False)
+            missing = [k for k in missing if not k.startswith("fc.")]
+            if missing or unexpected:
+                raise ConfigError(
+                    f"weights file {pretrained!r} does not fit torchvision {name}: "
+                    f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+                )
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layers = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
+        expansion = 1 if name in BASIC_BLOCK_RESNETS else 4
+        self.channels = [64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
+        self.strides = [4, 8, min(16, output_stride), min(32, output_stride)]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats, x = [], self.stem(x)
+        for layer in self.layers:
+            x = layer(x)
+            feats.append(x)
+        return feats
+
+
+def check_backbone(name: str, output_stride: int, pretrained: str | None, where: str) -> None:
+    if name.startswith(TORCHVISION_PREFIX):
+        short = name[len(TORCHVISION_PREFIX) :]
+        if short not in TORCHVISION_RESNETS:
+            raise unknown_choice("torchvision backbone", name, [TORCHVISION_PREFIX + n for n in TORCHVISION_RESNETS], f"{where}.backbone")
+        if short in BASIC_BLOCK_RESNETS and output_stride != 32:
+            raise ConfigError(
+                f"{where}: torchvision's {short} cannot be dilated (BasicBlock); use output_stride 32 "
+                f"or the timm backbone {short!r}, which can"
+            )
+    elif name.split(".")[0] not in timm.list_models():
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(
+            f"unknown backbone {name!r} (at {where}.backbone).{hint} Valid choices: any of the "
+            f"{len(timm.list_models())} names of timm.list_models(), or "
+            + ", ".join(TORCHVISION_PREFIX + n for n in TORCHVISION_RESNETS)
+        )
+    if pretrained not in (None, "hub") and not Path(pretrained).is_file():
+        raise ConfigError(f"config key '{where}.pretrained': weights file {pretrained!r} does not exist")
+
+
+def build_backbone(name: str, output_stride: int, pretrained: str | None) -> Backbone:
+    if name.startswith(TORCHVISION_PREFIX):
+        return TorchvisionResNet(name[len(TORCHVISION_PREFIX) :], output_stride, pretrained)
+    return TimmBackbone(name, output_stride, pretrained)

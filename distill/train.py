@@ -1,0 +1,296 @@
+"""Train a segmentation model, supervised or distilled from a frozen teacher.
+
+    accelerate launch distill/train.py --config configs/demo/student_kd.yaml [key=value ...] [--resume]
+
+The same script runs on one CPU, one GPU, several GPUs or machines (Accelerate / DDP). Read it top to
+bottom: build data, models and losses; prepare with Accelerate; then the loop (forward, backward,
+step, log, validate, checkpoint). A run killed at any moment and started again with ``--resume``
+continues from its last checkpoint and ends with the weights an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, set_seed
+from torch import nn
+from tqdm import tqdm
+
+from distill.checkpoint import (
+    atomic_write_text,
+    begin_state,
+    commit_state,
+    read_progress,
+    save_model,
+    state_dirs,
+)
+from distill.config import Config, config_to_dict, load_config, save_config
+from distill.data import build_dataset
+from distill.data.loader import DataPosition, eval_loader, train_loader
+from distill.evaluation import confusion_matrix
+from distill.losses import Criterion, LossContext, TaskLoss, build_criterion
+from distill.metrics import SegMetrics
+from distill.models import SegOutput, build_model, count_parameters
+from distill.optim import build_optimizer, learning_rate, set_learning_rate
+from distill.registry import ConfigError
+from distill.teacher import build_teacher
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class Objective(nn.Module):
+    """The trained model and the loss modules that learn with it (adapters, projections), as one
+    module so that DDP synchronises all their gradients."""
+
+    def __init__(self, student: nn.Module, criterion: Criterion) -> None:
+        super().__init__()
+        self.student, self.criterion = student, criterion
+
+    def forward(
+        self, images: torch.Tensor, context: LossContext, teacher_out: SegOutput | None
+    ) -> dict[str, torch.Tensor]:
+        return self.criterion(self.student(images), teacher_out, context)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML experiment file (defaults apply without one)")
+    parser.add_argument("--resume", nargs="?", const="latest", help="continue from the latest (or the given) checkpoint")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.iterations=100")
+    return parser.parse_args(argv)
+
+
+def dry_run(student: nn.Module, teacher: nn.Module | None, images: torch.Tensor) -> tuple[SegOutput, SegOutput | None]:
+    """One forward of both models in eval mode, for the shapes the losses are built from."""
+    student.eval()
+    with torch.no_grad():
+        s_out = student(images)
+        t_out = teacher(images) if teacher is not None else None
+    student.train()
+    if t_out is not None and t_out.logits.shape[1] != s_out.logits.shape[1]:
+        raise ConfigError(
+            f"the teacher predicts {t_out.logits.shape[1]} classes but the student {s_out.logits.shape[1]}; "
+            "they must be trained on the same label set"
+        )
+    return s_out, t_out
+
+
+def evaluate(accelerator: Accelerator, model: nn.Module, loader, info, cfg: Config) -> SegMetrics:
+    matrix = confusion_matrix(model, loader, info.num_classes, info.ignore_index, cfg.eval, accelerator.device)
+    matrix.counts = accelerator.reduce(matrix.counts, reduction="sum")
+    return matrix.result()
+
+
+def flat_hparams(cfg: Config) -> dict[str, float | int | str | bool]:
+    flat: dict = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(f"{prefix}.{i}", v)
+        else:
+            flat[prefix] = value if isinstance(value, int | float | str | bool) else str(value)
+
+    walk("", config_to_dict(cfg))
+    return flat
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(cfg.output_dir)
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with="tensorboard", project_dir=str(run_dir))
+    main_process = accelerator.is_main_process
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if cfg.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    set_seed(cfg.seed)
+
+    existing = state_dirs(run_dir)
+    if existing and args.resume is None:
+        raise ConfigError(
+            f"run folder {str(run_dir)!r} already holds training checkpoints (last: step {existing[-1][0]}); "
+            "pass --resume to continue it, or choose another output_dir"
+        )
+    if main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+
+    # ---- data, models, losses -------------------------------------------------------------------
+    train_set, val_set = build_dataset(cfg.data, cfg.data.train_split), build_dataset(cfg.data, cfg.data.val_split)
+    info = train_set.info
+    student = build_model(cfg.model, info.num_classes)
+    teacher = build_teacher(cfg.teacher, info).to(accelerator.device) if cfg.teacher is not None else None
+    if world > 1 and cfg.train.sync_bn:
+        if accelerator.distributed_type == DistributedType.MULTI_GPU:
+            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        elif main_process:
+            print("note: SyncBatchNorm needs GPUs; on CPU processes each normalise over their own batch")
+    student.to(accelerator.device)
+    probe_images = torch.stack([val_set[0][0]] * 2).float().to(accelerator.device) / 255
+    s_out, t_out = dry_run(student, teacher, probe_images)
+    criterion = build_criterion(cfg.losses, TaskLoss(info.ignore_index, cfg.train.aux_weight), s_out, t_out).to(accelerator.device)
+    objective = Objective(student, criterion)
+    head_modules = [m for name, m in student.named_children() if name != "backbone"] + [criterion]
+    backbone = getattr(student, "backbone", nn.Identity())
+    optimizer = build_optimizer(backbone, head_modules, cfg.train.optimizer)
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+
+    # ---- resume ---------------------------------------------------------------------------------
+    progress = {"step": 0, "epoch": 0, "epoch_step": 0, "best_miou": None, "best_step": None, "history": []}
+    if args.resume is not None:
+        found = state_dirs(run_dir) if args.resume == "latest" else [(0, Path(args.resume))]
+        if found:
+            accelerator.load_state(str(found[-1][1]))
+            progress = read_progress(found[-1][1])
+            if main_process:
+                print(f"resumed from {found[-1][1]} at step {progress['step']}")
+        elif main_process:
+            print(f"no checkpoint in {run_dir}; starting from scratch")
+    position = DataPosition(progress["epoch"], progress["epoch_step"])
+    loader, sampler = train_loader(train_set, cfg.data, rank, world, cfg.seed, position)
+    val_loader = eval_loader(val_set, cfg.data, rank, world)
+
+    accelerator.init_trackers("tensorboard", config=flat_hparams(cfg))
+    total = cfg.train.iterations
+    step = progress["step"]
+    if main_process:
+        role = "distilling" if teacher is not None else "training"
+        print(
+            f"{role} {count_parameters(student) / 1e6:.2f}M-parameter model on {info.name} "
+            f"({len(train_set)} train / {len(val_set)} val images, {world} process(es), device {accelerator.device})"
+        )
+    samples_log = open(run_dir / f"samples_rank{rank}.txt", "a") if cfg.train.record_samples else None
+    bar = tqdm(total=total, initial=step, disable=not main_process, desc="train", dynamic_ncols=True)
+    data = iter(loader)
+    unwrapped = accelerator.unwrap_model(objective)
+    last_logged = time.perf_counter()
+
+    # ---- the loop -------------------------------------------------------------------------------
+    while step < total:
+        lr = learning_rate(step, total, cfg.train.optimizer.lr, cfg.train.schedule)
+        set_learning_rate(optimizer, lr)
+        sums: dict[str, torch.Tensor] = {}
+        for micro in range(cfg.train.grad_accum):
+            images, labels, indices = next(data)
+            if samples_log is not None:
+                samples_log.write(f"{position.epoch} {position.step} {' '.join(map(str, indices.tolist()))}\n")
+            position.advance(sampler.steps_per_epoch)
+            images, labels = images.to(accelerator.device), labels.to(accelerator.device)
+            context = LossContext(labels, info.ignore_index, info.num_classes)
+            sync = micro == cfg.train.grad_accum - 1
+            with nullcontext() if sync else accelerator.no_sync(objective):
+                with accelerator.autocast():
+                    teacher_out = None
+                    if teacher is not None:
+                        with torch.no_grad():
+                            teacher_out = teacher(images)
+                    parts = objective(images, context, teacher_out)
+                loss = sum(parts.values())
+                accelerator.backward(loss / cfg.train.grad_accum)
+            for name, value in parts.items():
+                sums[name] = sums.get(name, 0) + value.detach() / cfg.train.grad_accum
+        local = torch.stack(list(sums.values()))
+        if not bool(accelerator.reduce(torch.isfinite(local).all().float(), "min")):
+            values = ", ".join(f"{k}={float(v):.4g}" for k, v in sums.items())
+            last = state_dirs(run_dir)
+            kept = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written yet"
+            raise NonFiniteLoss(
+                f"the loss is not finite at step {step + 1} ({values}); stopping. Lower the learning rate or "
+                f"enable gradient clipping (train.grad_clip); {kept}, resume from it with --resume"
+            )
+        if cfg.train.grad_clip is not None:
+            accelerator.clip_grad_norm_(objective.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+
+        if step % cfg.train.log_interval == 0 or step == total:
+            mean_parts = accelerator.reduce(local, "mean")
+            logged = {f"loss/{k}": float(v) for k, v in zip(sums, mean_parts, strict=True)}
+            logged["loss/total"] = float(mean_parts.sum())
+            logged["lr"] = lr
+            logged["time/step_s"] = (time.perf_counter() - last_logged) / cfg.train.log_interval
+            last_logged = time.perf_counter()
+            accelerator.log(logged, step=step)
+            bar.set_postfix(loss=f"{logged['loss/total']:.4f}", lr=f"{lr:.2e}")
+
+        if step % cfg.train.eval_interval == 0 or step == total:
+            metrics = evaluate(accelerator, unwrapped.student, val_loader, info, cfg)
+            accelerator.log({"val/miou": metrics.miou, "val/pixel_accuracy": metrics.pixel_accuracy}, step=step)
+            progress["history"].append({"step": step, "miou": metrics.miou, "pixel_accuracy": metrics.pixel_accuracy})
+            if progress["best_miou"] is None or metrics.miou > progress["best_miou"]:
+                progress["best_miou"], progress["best_step"] = metrics.miou, step
+                if main_process:
+                    save_model(unwrapped.student, run_dir / "best", cfg.model, info, model_extra(cfg, step, metrics))
+            if main_process:
+                bar.write(f"step {step}: val mIoU {100 * metrics.miou:.2f}  (best {100 * progress['best_miou']:.2f} at {progress['best_step']})")
+
+        if step % cfg.train.checkpoint_interval == 0 or step == total:
+            progress.update(step=step, epoch=position.epoch, epoch_step=position.step)
+            tmp = begin_state(run_dir, step) if main_process else None
+            accelerator.wait_for_everyone()
+            tmp = tmp or Path(run_dir) / "checkpoints" / f".tmp_step_{step:07d}"
+            accelerator.save_state(str(tmp))
+            accelerator.wait_for_everyone()
+            if main_process:
+                commit_state(tmp, progress, cfg.train.keep_checkpoints)
+            accelerator.wait_for_everyone()
+    bar.close()
+    if samples_log is not None:
+        samples_log.close()
+
+    # ---- final model and report -----------------------------------------------------------------
+    metrics = evaluate(accelerator, unwrapped.student, val_loader, info, cfg)
+    result = {
+        "miou": metrics.miou,
+        "pixel_accuracy": metrics.pixel_accuracy,
+        "iou": dict(zip(info.classes, metrics.iou, strict=True)),
+        "best_miou": progress["best_miou"],
+        "best_step": progress["best_step"],
+        "parameters": count_parameters(unwrapped.student),
+        "history": progress["history"],
+    }
+    if main_process:
+        save_model(unwrapped.student, run_dir / "final", cfg.model, info, model_extra(cfg, step, metrics))
+        atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=2))
+        print(f"\nfinal model: {run_dir / 'final'}\n{metrics.table(info.classes)}")
+    accelerator.end_training()
+    return result
+
+
+def model_extra(cfg: Config, step: int, metrics: SegMetrics) -> dict:
+    return {
+        "mean": list(cfg.data.mean),
+        "std": list(cfg.data.std),
+        "data": config_to_dict(cfg.data),
+        "step": step,
+        "val_miou": None if math.isnan(metrics.miou) else metrics.miou,
+        "teacher": None if cfg.teacher is None else config_to_dict(cfg.teacher),
+        "losses": [loss.name for loss in cfg.losses],
+    }
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, NonFiniteLoss) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
