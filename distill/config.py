@@ -31,6 +31,8 @@ class SyntheticConfig:
     num_val: int = 96
     size: tuple[int, int] = (96, 96)
     seed: int = 0
+    # Probability that an object of a training scene is labelled as another object class.
+    label_noise: float = 0.0
 
 
 @dataclass
@@ -63,6 +65,8 @@ class ModelConfig:
     output_stride: Literal[8, 16, 32] = 8
     # None: random init; "hub": ImageNet weights from timm or torchvision (downloads); else a local file.
     pretrained: str | None = None
+    # Extra keyword arguments for timm.create_model, e.g. {channels: [32, 64, 128, 256]} for a thin ResNet.
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     head_channels: int = 256
     aux_head: bool = True
     dropout: float = 0.1
@@ -300,6 +304,8 @@ def apply_override(values: dict, override: str) -> None:
             node = node[_list_index(part, node, parts[: depth + 1])]
         else:
             if node.get(part) is None:
+                if parts[depth + 1].isdigit():
+                    raise ConfigError(f"override key {'.'.join(parts)!r}: there is no list {'.'.join(parts[: depth + 1])!r} to index")
                 node[part] = {}
             node = node[part]
         if not isinstance(node, dict | list):

@@ -30,7 +30,7 @@ def _needs_root(data_cfg) -> str:
 def _synthetic(data_cfg, split: str) -> Dataset:
     syn = data_cfg.synthetic
     length = syn.num_train if split == data_cfg.train_split else syn.num_val
-    return SyntheticScenes(split, length, syn.size, syn.seed)
+    return SyntheticScenes(split, length, syn.size, syn.seed, syn.label_noise)
 
 
 @DATASETS.register("camvid")

@@ -4,13 +4,18 @@ Colour carries no class information: every region and object draws its colours f
 distribution. What tells the classes apart is texture and context:
 
 * sky / ground: smooth low-frequency texture above a wavy horizon, fine grain below it;
-* fine stripes / coarse stripes: the same pattern at two scales (period 4 vs 9 pixels), any orientation;
-* checker: a checkerboard at a third scale;
+* fine stripes / coarse stripes: the same pattern at two scales (period 4 vs 8 pixels), any orientation;
+* checker: a checkerboard of 5-pixel squares, any orientation;
 * flyer / crawler: identical dotted blobs, labelled by whether they lie above or below the horizon,
   so telling them apart needs a receptive field that reaches the horizon.
 
 Small networks (little context, few channels) confuse these; a larger one separates them, which is
-what makes the teacher/student gap and its distillation visible in a few minutes on a CPU.
+what makes the teacher/student gap visible in a few minutes on a CPU.
+
+Like human annotations, the training labels are imperfect: with probability ``label_noise`` an
+object is labelled as another object class (validation and test labels are always clean). A teacher
+trained on such labels predicts the majority answer, so its soft labels carry information the noisy
+hard labels lack: the situation in which distillation is known to help.
 """
 
 from __future__ import annotations
@@ -41,8 +46,9 @@ def _blend(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     return a[None, None, :] * (1 - t[..., None]) + b[None, None, :] * t[..., None]
 
 
-def render_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """One scene: float image (H, W, 3) in 0..255 and int64 labels (H, W)."""
+def render_scene(rng: np.random.Generator, h: int, w: int, label_noise: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """One scene: float image (H, W, 3) in 0..255 and int64 labels (H, W); ``label_noise`` is the
+    probability that an object is labelled as one of the other object classes."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     phase, amp, freq = rng.uniform(0, 2 * np.pi), rng.uniform(0.02, 0.08) * h, rng.uniform(1, 3)
     horizon = rng.uniform(0.3, 0.7) * h + amp * np.sin(2 * np.pi * freq * xx[0] / w + phase)
@@ -54,10 +60,10 @@ def render_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, 
     image = np.where(below[..., None], ground, sky)
     label = below.astype(np.int64)  # 0 sky, 1 ground
 
-    for _ in range(int(rng.integers(2, 6))):
+    for _ in range(int(rng.integers(1, 4))):
         kind = int(rng.integers(2, 6))  # 2 fine, 3 coarse, 4 checker, 5 blob (flyer or crawler)
         cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
-        ry, rx = rng.uniform(0.08, 0.2) * h, rng.uniform(0.08, 0.2) * w
+        ry, rx = rng.uniform(0.15, 0.3) * h, rng.uniform(0.15, 0.3) * w
         if rng.uniform() < 0.5:
             inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
         else:
@@ -67,18 +73,20 @@ def render_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, 
         if kind == 2:
             pattern = (np.sin(2 * np.pi * u / 4.0) > 0).astype(np.float32)
         elif kind == 3:
-            pattern = (np.sin(2 * np.pi * u / 9.0) > 0).astype(np.float32)
+            pattern = (np.sin(2 * np.pi * u / 8.0) > 0).astype(np.float32)
         elif kind == 4:
             v = -xx * np.sin(angle) + yy * np.cos(angle)
-            pattern = ((np.floor(u / 6.0) + np.floor(v / 6.0)) % 2).astype(np.float32)
+            pattern = ((np.floor(u / 5.0) + np.floor(v / 5.0)) % 2).astype(np.float32)
         else:
             pattern = np.zeros((h, w), np.float32)
-            for _ in range(int(rng.integers(8, 20))):
+            for _ in range(int(rng.integers(15, 30))):
                 dy, dx = rng.uniform(-ry, ry), rng.uniform(-rx, rx)
-                pattern[((yy - cy - dy) ** 2 + (xx - cx - dx) ** 2) <= rng.uniform(1.5, 3.0) ** 2] = 1.0
+                pattern[((yy - cy - dy) ** 2 + (xx - cx - dx) ** 2) <= rng.uniform(1.5, 2.5) ** 2] = 1.0
             above_horizon = cy < horizon[int(np.clip(cx, 0, w - 1))]
             kind = 5 if above_horizon else 6
         image = np.where(inside[..., None], _blend(_colour(rng), _colour(rng), pattern), image)
+        relabel, other = rng.uniform() < label_noise, int(rng.choice([k for k in range(2, 7) if k != kind]))
+        kind = other if relabel else kind  # both drawn always: the image does not depend on the noise
         label = np.where(inside, kind, label)
 
     contrast, brightness = rng.uniform(0.7, 1.3), rng.uniform(-25, 25)
@@ -89,10 +97,11 @@ def render_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, 
 class SyntheticScenes(torch.utils.data.Dataset):
     """``length`` scenes of size ``size`` (H, W); scene i of a split is the same on every machine."""
 
-    def __init__(self, split: str, length: int, size: tuple[int, int], seed: int = 0) -> None:
+    def __init__(self, split: str, length: int, size: tuple[int, int], seed: int = 0, label_noise: float = 0.0) -> None:
         if split not in SPLIT_IDS:
             raise ValueError(f"synthetic split {split!r} unknown; choose one of {sorted(SPLIT_IDS)}")
         self.split_id, self.length, self.size, self.seed = SPLIT_IDS[split], length, tuple(size), seed
+        self.label_noise = label_noise if split == "train" else 0.0
         self.info = DatasetInfo("synthetic", CLASSES, PALETTE, IGNORE_INDEX)
 
     def __len__(self) -> int:
@@ -102,5 +111,5 @@ class SyntheticScenes(torch.utils.data.Dataset):
         if not 0 <= index < self.length:
             raise IndexError(index)
         rng = np.random.default_rng([self.seed, self.split_id, index])
-        image, label = render_scene(rng, *self.size)
+        image, label = render_scene(rng, *self.size, self.label_noise)
         return torch.from_numpy(image.astype(np.uint8)).permute(2, 0, 1).contiguous(), torch.from_numpy(label)

@@ -35,9 +35,9 @@ class Backbone(nn.Module):
 
 
 class TimmBackbone(Backbone):
-    def __init__(self, name: str, output_stride: int, pretrained: str | None) -> None:
+    def __init__(self, name: str, output_stride: int, pretrained: str | None, extra: dict | None = None) -> None:
         super().__init__()
-        kwargs: dict = {"features_only": True, "out_indices": (-4, -3, -2, -1)}
+        kwargs: dict = {**(extra or {}), "features_only": True, "out_indices": (-4, -3, -2, -1)}
         if output_stride != 32:
             kwargs["output_stride"] = output_stride
         if pretrained == "hub":
@@ -104,7 +104,11 @@ def check_backbone(name: str, output_stride: int, pretrained: str | None, where:
         raise ConfigError(f"config key '{where}.pretrained': weights file {pretrained!r} does not exist")
 
 
-def build_backbone(name: str, output_stride: int, pretrained: str | None) -> Backbone:
+def build_backbone(name: str, output_stride: int, pretrained: str | None, extra: dict | None = None) -> Backbone:
+    """``extra``: keyword arguments for ``timm.create_model`` (lists become tuples)."""
     if name.startswith(TORCHVISION_PREFIX):
+        if extra:
+            raise ConfigError(f"model.backbone_kwargs are passed to timm; torchvision backbone {name!r} takes none")
         return TorchvisionResNet(name[len(TORCHVISION_PREFIX) :], output_stride, pretrained)
-    return TimmBackbone(name, output_stride, pretrained)
+    extra = {k: tuple(v) if isinstance(v, list) else v for k, v in (extra or {}).items()}
+    return TimmBackbone(name, output_stride, pretrained, extra)
