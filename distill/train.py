@@ -113,7 +113,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(cfg.output_dir)
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with="tensorboard", project_dir=str(run_dir))
+    # cpu=True on machines without an accelerator: only then does Accelerate run several processes
+    # (``accelerate launch --multi_gpu --num_processes N``) as one gloo group instead of N lone runs.
+    accelerator = Accelerator(
+        cpu=not torch.accelerator.is_available(),
+        mixed_precision=cfg.train.mixed_precision,
+        log_with="tensorboard",
+        project_dir=str(run_dir),
+    )
     main_process = accelerator.is_main_process
     rank, world = accelerator.process_index, accelerator.num_processes
     if cfg.train.deterministic:
@@ -183,79 +190,81 @@ def main(argv: list[str] | None = None) -> dict:
     last_logged = time.perf_counter()
 
     # ---- the loop -------------------------------------------------------------------------------
-    while step < total:
-        lr = learning_rate(step, total, cfg.train.optimizer.lr, cfg.train.schedule)
-        set_learning_rate(optimizer, lr)
-        sums: dict[str, torch.Tensor] = {}
-        for micro in range(cfg.train.grad_accum):
-            images, labels, indices = next(data)
-            if samples_log is not None:
-                samples_log.write(f"{position.epoch} {position.step} {' '.join(map(str, indices.tolist()))}\n")
-            position.advance(sampler.steps_per_epoch)
-            images, labels = images.to(accelerator.device), labels.to(accelerator.device)
-            context = LossContext(labels, info.ignore_index, info.num_classes)
-            sync = micro == cfg.train.grad_accum - 1
-            with nullcontext() if sync else accelerator.no_sync(objective):
-                with accelerator.autocast():
-                    teacher_out = None
-                    if teacher is not None:
-                        with torch.no_grad():
-                            teacher_out = teacher(images)
-                    parts = objective(images, context, teacher_out)
-                loss = sum(parts.values())
-                accelerator.backward(loss / cfg.train.grad_accum)
-            for name, value in parts.items():
-                sums[name] = sums.get(name, 0) + value.detach() / cfg.train.grad_accum
-        local = torch.stack(list(sums.values()))
-        if not bool(accelerator.reduce(torch.isfinite(local).all().float(), "min")):
-            values = ", ".join(f"{k}={float(v):.4g}" for k, v in sums.items())
-            last = state_dirs(run_dir)
-            kept = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written yet"
-            raise NonFiniteLoss(
-                f"the loss is not finite at step {step + 1} ({values}); stopping. Lower the learning rate or "
-                f"enable gradient clipping (train.grad_clip); {kept}, resume from it with --resume"
-            )
-        if cfg.train.grad_clip is not None:
-            accelerator.clip_grad_norm_(objective.parameters(), cfg.train.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        bar.update(1)
+    try:
+        while step < total:
+            lr = learning_rate(step, total, cfg.train.optimizer.lr, cfg.train.schedule)
+            set_learning_rate(optimizer, lr)
+            sums: dict[str, torch.Tensor] = {}
+            for micro in range(cfg.train.grad_accum):
+                images, labels, indices = next(data)
+                if samples_log is not None:
+                    samples_log.write(f"{position.epoch} {position.step} {' '.join(map(str, indices.tolist()))}\n")
+                position.advance(sampler.steps_per_epoch)
+                images, labels = images.to(accelerator.device), labels.to(accelerator.device)
+                context = LossContext(labels, info.ignore_index, info.num_classes)
+                sync = micro == cfg.train.grad_accum - 1
+                with nullcontext() if sync else accelerator.no_sync(objective):
+                    with accelerator.autocast():
+                        teacher_out = None
+                        if teacher is not None:
+                            with torch.no_grad():
+                                teacher_out = teacher(images)
+                        parts = objective(images, context, teacher_out)
+                    loss = sum(parts.values())
+                    accelerator.backward(loss / cfg.train.grad_accum)
+                for name, value in parts.items():
+                    sums[name] = sums.get(name, 0) + value.detach() / cfg.train.grad_accum
+            local = torch.stack(list(sums.values()))
+            if not bool(accelerator.reduce(torch.isfinite(local).all().float(), "min")):
+                values = ", ".join(f"{k}={float(v):.4g}" for k, v in sums.items())
+                last = state_dirs(run_dir)
+                kept = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written yet"
+                raise NonFiniteLoss(
+                    f"the loss is not finite at step {step + 1} ({values}); stopping. Lower the learning rate or "
+                    f"enable gradient clipping (train.grad_clip); {kept}, resume from it with --resume"
+                )
+            if cfg.train.grad_clip is not None:
+                accelerator.clip_grad_norm_(objective.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
 
-        if step % cfg.train.log_interval == 0 or step == total:
-            mean_parts = accelerator.reduce(local, "mean")
-            logged = {f"loss/{k}": float(v) for k, v in zip(sums, mean_parts, strict=True)}
-            logged["loss/total"] = float(mean_parts.sum())
-            logged["lr"] = lr
-            logged["time/step_s"] = (time.perf_counter() - last_logged) / cfg.train.log_interval
-            last_logged = time.perf_counter()
-            accelerator.log(logged, step=step)
-            bar.set_postfix(loss=f"{logged['loss/total']:.4f}", lr=f"{lr:.2e}")
+            if step % cfg.train.log_interval == 0 or step == total:
+                mean_parts = accelerator.reduce(local, "mean")
+                logged = {f"loss/{k}": float(v) for k, v in zip(sums, mean_parts, strict=True)}
+                logged["loss/total"] = float(mean_parts.sum())
+                logged["lr"] = lr
+                logged["time/step_s"] = (time.perf_counter() - last_logged) / cfg.train.log_interval
+                last_logged = time.perf_counter()
+                accelerator.log(logged, step=step)
+                bar.set_postfix(loss=f"{logged['loss/total']:.4f}", lr=f"{lr:.2e}")
 
-        if step % cfg.train.eval_interval == 0 or step == total:
-            metrics = evaluate(accelerator, unwrapped.student, val_loader, info, cfg)
-            accelerator.log({"val/miou": metrics.miou, "val/pixel_accuracy": metrics.pixel_accuracy}, step=step)
-            progress["history"].append({"step": step, "miou": metrics.miou, "pixel_accuracy": metrics.pixel_accuracy})
-            if progress["best_miou"] is None or metrics.miou > progress["best_miou"]:
-                progress["best_miou"], progress["best_step"] = metrics.miou, step
+            if step % cfg.train.eval_interval == 0 or step == total:
+                metrics = evaluate(accelerator, unwrapped.student, val_loader, info, cfg)
+                accelerator.log({"val/miou": metrics.miou, "val/pixel_accuracy": metrics.pixel_accuracy}, step=step)
+                progress["history"].append({"step": step, "miou": metrics.miou, "pixel_accuracy": metrics.pixel_accuracy})
+                if progress["best_miou"] is None or metrics.miou > progress["best_miou"]:
+                    progress["best_miou"], progress["best_step"] = metrics.miou, step
+                    if main_process:
+                        save_model(unwrapped.student, run_dir / "best", cfg.model, info, model_extra(cfg, step, metrics))
                 if main_process:
-                    save_model(unwrapped.student, run_dir / "best", cfg.model, info, model_extra(cfg, step, metrics))
-            if main_process:
-                bar.write(f"step {step}: val mIoU {100 * metrics.miou:.2f}  (best {100 * progress['best_miou']:.2f} at {progress['best_step']})")
+                    bar.write(f"step {step}: val mIoU {100 * metrics.miou:.2f}  (best {100 * progress['best_miou']:.2f} at {progress['best_step']})")
 
-        if step % cfg.train.checkpoint_interval == 0 or step == total:
-            progress.update(step=step, epoch=position.epoch, epoch_step=position.step)
-            tmp = begin_state(run_dir, step) if main_process else None
-            accelerator.wait_for_everyone()
-            tmp = tmp or Path(run_dir) / "checkpoints" / f".tmp_step_{step:07d}"
-            accelerator.save_state(str(tmp))
-            accelerator.wait_for_everyone()
-            if main_process:
-                commit_state(tmp, progress, cfg.train.keep_checkpoints)
-            accelerator.wait_for_everyone()
-    bar.close()
-    if samples_log is not None:
-        samples_log.close()
+            if step % cfg.train.checkpoint_interval == 0 or step == total:
+                progress.update(step=step, epoch=position.epoch, epoch_step=position.step)
+                tmp = begin_state(run_dir, step) if main_process else None
+                accelerator.wait_for_everyone()
+                tmp = tmp or Path(run_dir) / "checkpoints" / f".tmp_step_{step:07d}"
+                accelerator.save_state(str(tmp))
+                accelerator.wait_for_everyone()
+                if main_process:
+                    commit_state(tmp, progress, cfg.train.keep_checkpoints)
+                accelerator.wait_for_everyone()
+    finally:
+        bar.close()
+        if samples_log is not None:
+            samples_log.close()
 
     # ---- final model and report -----------------------------------------------------------------
     metrics = evaluate(accelerator, unwrapped.student, val_loader, info, cfg)

@@ -30,11 +30,15 @@ TINY = [
 ]
 
 
+def subprocess_env() -> dict[str, str]:
+    """One thread per process: CPU results are bit-reproducible only at a fixed thread count."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
 def run_python(args: list[str], timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
     """Run ``python ARGS`` from the repository root, capturing output."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **kwargs
+        [sys.executable, *args], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=timeout, **kwargs
     )
 
 

@@ -20,7 +20,7 @@ from distill.data import DatasetInfo
 from distill.evaluate import main as evaluate
 from distill.registry import ConfigError
 from distill.train import NonFiniteLoss, main
-from tests.conftest import ROOT, TINY, run_python
+from tests.conftest import ROOT, TINY, run_python, subprocess_env
 
 
 def test_supervised_run_writes_every_output(tiny_teacher: Path) -> None:
@@ -52,7 +52,8 @@ def test_distillation_trains_student_with_frozen_teacher(tiny_teacher: Path, tmp
 
 def test_resume_after_kill_gives_the_same_weights(tmp_path: Path) -> None:
     """Kill a run with SIGKILL after its first checkpoint; resuming it ends with the weights of an
-    uninterrupted run, bit for bit (CPU, deterministic settings), even with loader workers."""
+    uninterrupted run, bit for bit (CPU, deterministic settings, same thread count), even when the
+    resumed run uses loader workers."""
     args = [*TINY, "train.iterations=12", "train.checkpoint_interval=3", "train.eval_interval=6", "model.dropout=0.3"]
     reference = tmp_path / "reference"
     done = run_python(["-m", "distill.train", *args, f"output_dir={reference}"])
@@ -61,7 +62,7 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path: Path) -> None:
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, "-m", "distill.train", *args, f"output_dir={killed}"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
     while not (killed / "checkpoints/step_0000003").is_dir() and time.time() < deadline:
