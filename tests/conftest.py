@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,6 +41,15 @@ def run_python(args: list[str], timeout: float = 600, **kwargs) -> subprocess.Co
     return subprocess.run(
         [sys.executable, *args], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=timeout, **kwargs
     )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Test tensors are tiny: one thread avoids OpenMP oversubscription on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

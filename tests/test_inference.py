@@ -11,16 +11,6 @@ from distill.config import ModelConfig
 from distill.inference import predict
 from distill.models import SegOutput, build_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one thread avoids OpenMP oversubscription on a busy CPU (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 K = 4
 
 

@@ -18,16 +18,6 @@ from distill.losses.pixel_kd import PixelKD, PixelKDParams
 from distill.models import SegOutput, build_model
 from distill.registry import ConfigError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one thread avoids OpenMP oversubscription on a busy CPU (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 IGNORE = 255
 NORMALIZATIONS = ("pixel_mean", "batch_sum", "element_mean")
 

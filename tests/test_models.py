@@ -18,16 +18,6 @@ from distill.data.base import default_palette
 from distill.models import FEATURE_NAMES, SegOutput, build_model, check_model_config
 from distill.registry import ConfigError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one thread avoids OpenMP oversubscription on a busy CPU (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 B, K, SIZE = 2, 5, 32
 WEIGHTS = (
     Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "mobilenetv2_100.imagenet.safetensors"

@@ -33,29 +33,15 @@ def _synthetic(data_cfg, split: str) -> Dataset:
     return SyntheticScenes(split, length, syn.size, syn.seed, syn.label_noise)
 
 
-@DATASETS.register("camvid")
-def _camvid(data_cfg, split: str) -> Dataset:
-    return camvid(_needs_root(data_cfg), split, data_cfg.resize)
+def _on_disk(builder: Callable[..., Dataset]) -> Callable[..., Dataset]:
+    def build(data_cfg, split: str) -> Dataset:
+        return builder(_needs_root(data_cfg), split, data_cfg.resize)
+
+    return build
 
 
-@DATASETS.register("cityscapes")
-def _cityscapes(data_cfg, split: str) -> Dataset:
-    return cityscapes(_needs_root(data_cfg), split, data_cfg.resize)
-
-
-@DATASETS.register("voc")
-def _voc(data_cfg, split: str) -> Dataset:
-    return voc(_needs_root(data_cfg), split, data_cfg.resize)
-
-
-@DATASETS.register("ade20k")
-def _ade20k(data_cfg, split: str) -> Dataset:
-    return ade20k(_needs_root(data_cfg), split, data_cfg.resize)
-
-
-@DATASETS.register("cocostuff")
-def _cocostuff(data_cfg, split: str) -> Dataset:
-    return cocostuff(_needs_root(data_cfg), split, data_cfg.resize)
+for _name, _builder in (("camvid", camvid), ("cityscapes", cityscapes), ("voc", voc), ("ade20k", ade20k), ("cocostuff", cocostuff)):
+    DATASETS.register(_name)(_on_disk(_builder))
 
 
 @DATASETS.register("folder")

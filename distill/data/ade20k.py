@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.data.base import DatasetError, DatasetInfo, SegmentationDataset, require_dir
+from distill.data.base import DatasetError, DatasetInfo, SegmentationDataset, pair_files, require_dir
 
 CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
@@ -74,11 +74,6 @@ def ade20k(root: str | Path, split: str, resize: float = 1.0) -> SegmentationDat
     folder = SPLITS[split]
     image_dir = require_dir(root / "images" / folder, f"ADE20K images of split {split!r}", LAYOUT)
     label_dir = require_dir(root / "annotations" / folder, f"ADE20K labels of split {split!r}", LAYOUT)
-    samples = []
-    for image in sorted(image_dir.glob("*.jpg")):
-        label = label_dir / f"{image.stem}.png"
-        if not label.is_file():
-            raise DatasetError(f"image {str(image)!r} has no label file {str(label)!r}. Expected layout:\n{LAYOUT}")
-        samples.append((image, label))
+    samples = pair_files(image_dir.glob("*.jpg"), lambda image: label_dir / f"{image.stem}.png", LAYOUT)
     info = DatasetInfo("ade20k", CLASSES, PALETTE, IGNORE_INDEX)
     return SegmentationDataset(samples, info, label_map(), resize)

@@ -7,6 +7,7 @@ image, label values outside the classes and the ignore index.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,6 +149,17 @@ def rescale(image: torch.Tensor, label: torch.Tensor, factor: float) -> tuple[to
     image = F.resize(image, size, interpolation=F.InterpolationMode.BILINEAR, antialias=True)
     label = F.resize(label[None], size, interpolation=F.InterpolationMode.NEAREST)[0]
     return image, label
+
+
+def pair_files(images: Iterable[Path], label_for: Callable[[Path], Path], layout: str) -> list[tuple[Path, Path]]:
+    """(image, label) pairs in name order; an image without its label file is an error naming both."""
+    samples = []
+    for image in sorted(images):
+        label = label_for(image)
+        if not label.is_file():
+            raise DatasetError(f"image {str(image)!r} has no label file {str(label)!r}. Expected layout:\n{layout}")
+        samples.append((image, label))
+    return samples
 
 
 def read_split_list(list_file: Path, root: Path, layout: str) -> list[tuple[Path, Path]]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.data.base import DatasetError, DatasetInfo, SegmentationDataset, require_dir
+from distill.data.base import DatasetInfo, SegmentationDataset, pair_files, require_dir
 
 CLASSES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
@@ -40,12 +40,10 @@ def cityscapes(root: str | Path, split: str, resize: float = 1.0) -> Segmentatio
     root = require_dir(Path(root), "Cityscapes root", LAYOUT)
     image_dir = require_dir(root / "leftImg8bit" / split, f"Cityscapes images of split {split!r}", LAYOUT)
     label_dir = require_dir(root / "gtFine" / split, f"Cityscapes labels of split {split!r}", LAYOUT)
-    samples = []
-    for image in sorted(image_dir.glob("*/*_leftImg8bit.png")):
-        name = image.name.removesuffix("_leftImg8bit.png")
-        label = label_dir / image.parent.name / f"{name}_gtFine_labelIds.png"
-        if not label.is_file():
-            raise DatasetError(f"image {str(image)!r} has no label file {str(label)!r}. Expected layout:\n{LAYOUT}")
-        samples.append((image, label))
+    samples = pair_files(
+        image_dir.glob("*/*_leftImg8bit.png"),
+        lambda image: label_dir / image.parent.name / image.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png"),
+        LAYOUT,
+    )
     info = DatasetInfo("cityscapes", CLASSES, PALETTE, IGNORE_INDEX)
     return SegmentationDataset(samples, info, label_map(), resize)

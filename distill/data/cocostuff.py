@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.data.base import DatasetError, DatasetInfo, SegmentationDataset, require_dir
+from distill.data.base import DatasetError, DatasetInfo, SegmentationDataset, pair_files, require_dir
 
 CLASSES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -94,11 +94,6 @@ def cocostuff(root: str | Path, split: str, resize: float = 1.0) -> Segmentation
     label_dir = require_dir(root / "annotations" / folder, f"COCO-Stuff labels of split {split!r}", LAYOUT)
     converted = any(label_dir.glob("*_labelTrainIds.png"))
     suffix = "_labelTrainIds.png" if converted else ".png"
-    samples = []
-    for image in sorted(image_dir.glob("*.jpg")):
-        label = label_dir / f"{image.stem}{suffix}"
-        if not label.is_file():
-            raise DatasetError(f"image {str(image)!r} has no label file {str(label)!r}. Expected layout:\n{LAYOUT}")
-        samples.append((image, label))
+    samples = pair_files(image_dir.glob("*.jpg"), lambda image: label_dir / f"{image.stem}{suffix}", LAYOUT)
     info = DatasetInfo("cocostuff", CLASSES, PALETTE, IGNORE_INDEX)
     return SegmentationDataset(samples, info, None if converted else label_map(), resize)
