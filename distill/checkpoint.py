@@ -161,9 +161,14 @@ def state_dirs(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def pending_state_dir(run_dir: str | Path, step: int) -> Path:
+    """Where the state of ``step`` is written before :func:`commit_state` gives it its final name."""
+    return Path(run_dir) / "checkpoints" / f".tmp_step_{step:07d}"
+
+
 def begin_state(run_dir: str | Path, step: int) -> Path:
-    """A fresh temporary folder to write the state of ``step`` into (see :func:`commit_state`)."""
-    tmp = Path(run_dir) / "checkpoints" / f".tmp_step_{step:07d}"
+    """A fresh, empty :func:`pending_state_dir` (only the main process calls this)."""
+    tmp = pending_state_dir(run_dir, step)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)

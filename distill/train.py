@@ -29,6 +29,7 @@ from distill.checkpoint import (
     atomic_write_text,
     begin_state,
     commit_state,
+    pending_state_dir,
     read_progress,
     save_model,
     state_dirs,
@@ -253,9 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
 
             if step % cfg.train.checkpoint_interval == 0 or step == total:
                 progress.update(step=step, epoch=position.epoch, epoch_step=position.step)
-                tmp = begin_state(run_dir, step) if main_process else None
+                tmp = begin_state(run_dir, step) if main_process else pending_state_dir(run_dir, step)
                 accelerator.wait_for_everyone()
-                tmp = tmp or Path(run_dir) / "checkpoints" / f".tmp_step_{step:07d}"
                 accelerator.save_state(str(tmp))
                 accelerator.wait_for_everyone()
                 if main_process:
