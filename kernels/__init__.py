@@ -1,0 +1,20 @@
+"""Fused kernels for the hot distillation losses, each beside its plain-PyTorch reference.
+
+CUDA tensors run the Triton kernels when Triton is importable; everything else runs the reference.
+``SEGDISTILL_KERNELS=reference`` or ``use_reference(True)`` forces the reference. This package imports
+nothing from ``distill``. See docs/kernels.md.
+"""
+
+from kernels.affinity import cross_image_affinity_kl, pairwise_affinity_mse
+from kernels.dispatch import use_reference
+from kernels.patch_contrast import patch_contrast
+from kernels.softmax_kl import class_softmax_kl, spatial_softmax_kl
+
+__all__ = [
+    "class_softmax_kl",
+    "cross_image_affinity_kl",
+    "pairwise_affinity_mse",
+    "patch_contrast",
+    "spatial_softmax_kl",
+    "use_reference",
+]

@@ -1,0 +1,89 @@
+"""Affinity distillation on node features already L2-normalised over channels, memory-lean.
+
+* ``pairwise_affinity_mse`` (SKD pair-wise, LOSSES.md §7.2): sum_b sum_{i,j} (x_i.x_j - y_i.y_j)^2.
+* ``cross_image_affinity_kl`` (CIRKD mini-batch pixel-to-pixel, §10): for every ordered pair (i, j) of
+  images and every row p of A_ij = S_i^T S_j, KL(softmax(A^t_ij[p] / tau) || softmax(A^s_ij[p] / tau)).
+
+Both return SUMS (the losses divide). The references compute the N x N affinities a block of rows at
+a time under activation checkpointing, so memory grows with N, not N^2 (the published codes hold
+B x N x N, or B^2 x N x N, matrices). Gradients flow to the student only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from kernels.dispatch import Backend, resolve_backend
+from kernels.validation import check_nodes, check_tau
+
+# Affinity entries per block of rows in the references (1 Mi floats = 4 MiB per matrix).
+CHUNK_ELEMENTS = 1 << 20
+
+
+def _pairwise_rows(x: torch.Tensor, y: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    diff = x[:, :, start:stop].transpose(1, 2) @ x - y[:, :, start:stop].transpose(1, 2) @ y  # (B, rows, N)
+    return diff.square().sum()
+
+
+def _cross_image_rows(x: torch.Tensor, y: torch.Tensor, image: int, start: int, stop: int, tau: float) -> torch.Tensor:
+    # Rows p in [start, stop) of image `image` against every image j: (B_j, rows, N).
+    log_p_s = torch.log_softmax(x[image, :, start:stop].T @ x / tau, dim=-1)
+    log_p_t = torch.log_softmax(y[image, :, start:stop].T @ y / tau, dim=-1)
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum()
+
+
+def _sum_over_row_blocks(
+    rows_fn: Callable[..., torch.Tensor], x: torch.Tensor, rows: int, *args, **kwargs
+) -> torch.Tensor:
+    """Sum of ``rows_fn(*args, start, stop, **kwargs)`` over blocks of ``rows`` rows, each checkpointed."""
+    total = x.new_zeros(())
+    n = x.shape[2]
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        total = total + checkpoint(
+            rows_fn, *args, start, stop, **kwargs, use_reentrant=False, preserve_rng_state=False
+        )
+    return total
+
+
+def pairwise_affinity_mse_reference(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    x, y = student.float(), teacher.detach().float()
+    b, _, n = x.shape
+    rows = max(1, CHUNK_ELEMENTS // (b * n))
+    return _sum_over_row_blocks(_pairwise_rows, x, rows, x, y)
+
+
+def cross_image_affinity_kl_reference(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.Tensor:
+    x, y = student.float(), teacher.detach().float()
+    b, _, n = x.shape
+    rows = max(1, CHUNK_ELEMENTS // (b * n))
+    return sum(_sum_over_row_blocks(_cross_image_rows, x, rows, x, y, i, tau=tau) for i in range(b))
+
+
+def pairwise_affinity_mse(student: torch.Tensor, teacher: torch.Tensor, *, backend: Backend = "auto") -> torch.Tensor:
+    """SKD pair-wise term on L2-normalised node features (B, C_s, N), (B, C_t, N):
+    sum_b sum_{i,j} (x_i.x_j - y_i.y_j)^2 as a float32 scalar (the caller divides by N^2 and B)."""
+    check_nodes("pairwise_affinity_mse", student, teacher)
+    if resolve_backend(backend, student, teacher) == "triton":
+        from kernels.affinity_triton import pairwise_affinity_mse_triton
+
+        return pairwise_affinity_mse_triton(student, teacher)
+    return pairwise_affinity_mse_reference(student, teacher)
+
+
+def cross_image_affinity_kl(
+    student: torch.Tensor, teacher: torch.Tensor, tau: float = 0.1, *, backend: Backend = "auto"
+) -> torch.Tensor:
+    """CIRKD pixel-to-pixel term on L2-normalised features (B, C_s, N), (B, C_t, N): the sum over ordered
+    image pairs (i, j), i == j included, and rows p of KL(softmax_row(A^t_ij[p] / tau) ||
+    softmax_row(A^s_ij[p] / tau)) as a float32 scalar (the loss takes batchmean over rows, mean over B^2)."""
+    check_nodes("cross_image_affinity_kl", student, teacher)
+    check_tau("cross_image_affinity_kl", tau)
+    if resolve_backend(backend, student, teacher) == "triton":
+        from kernels.affinity_triton import cross_image_affinity_kl_triton
+
+        return cross_image_affinity_kl_triton(student, teacher, tau)
+    return cross_image_affinity_kl_reference(student, teacher, tau)

@@ -1,0 +1,88 @@
+"""Af-DCD omni-contrast (LOSSES.md §4.4) on already-pooled feature maps, memory-lean.
+
+Each P x P patch of a (B, C, H', W') map gives T = P^2 * M tokens of D = C / M channels; token
+k = n * M + m (n: row-major position in the patch, m: channel group). With S_kl = -||g_k - t_l||_1
+(student token k, teacher token l of the same patch), anchor k scores its positive l = k against the
+negatives {l : m_l != m_k} (any position); same-group tokens at other positions take no part. The
+function returns the SUM over all anchors of -log softmax([S_pos, S_negs] / tau)[0]; the loss divides.
+
+The reference never holds the similarity matrices of the whole batch: it works on chunks of patches
+under activation checkpointing, so backward recomputes one chunk at a time.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from kernels.dispatch import Backend, resolve_backend
+from kernels.validation import check_same_shape, check_tau
+
+# Similarity entries per chunk of the reference (4 Mi floats = 16 MiB); a few such buffers live at once.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def patch_tokens(x: torch.Tensor, patch: int, groups: int) -> torch.Tensor:
+    """(B, C, H', W') -> (B * H'/patch * W'/patch, patch^2 * groups, C / groups), token k = n * groups + m."""
+    b, c, h, w = x.shape
+    d = c // groups
+    x = x.reshape(b, groups, d, h // patch, patch, w // patch, patch)
+    # (b, row-patch, col-patch, row-in-patch, col-in-patch, group, channel-in-group)
+    return x.permute(0, 3, 5, 4, 6, 1, 2).reshape(-1, patch * patch * groups, d)
+
+
+def contrast_exclusion_mask(tokens: int, groups: int, device: torch.device) -> torch.Tensor:
+    """True where teacher token l is neither the positive nor a negative of anchor k (same group, l != k)."""
+    index = torch.arange(tokens, device=device)
+    same_group = (index[:, None] % groups) == (index[None, :] % groups)
+    return same_group & (index[:, None] != index[None, :])
+
+
+def _chunk_loss(g: torch.Tensor, t: torch.Tensor, excluded: torch.Tensor, tau: float) -> torch.Tensor:
+    similarity = -torch.cdist(g, t, p=1) / tau  # (patches, T, T)
+    lse = torch.logsumexp(similarity.masked_fill(excluded, float("-inf")), dim=-1)
+    return (lse - similarity.diagonal(dim1=-2, dim2=-1)).sum()
+
+
+def patch_contrast_reference(
+    student: torch.Tensor, teacher: torch.Tensor, patch: int, groups: int, tau: float
+) -> torch.Tensor:
+    g = patch_tokens(student.float(), patch, groups)
+    t = patch_tokens(teacher.detach().float(), patch, groups)
+    patches, tokens, _ = g.shape
+    excluded = contrast_exclusion_mask(tokens, groups, g.device)
+    chunk = max(1, CHUNK_ELEMENTS // (tokens * tokens))
+    total = g.new_zeros(())
+    for start in range(0, patches, chunk):
+        part = (g[start : start + chunk], t[start : start + chunk], excluded, tau)
+        total = total + checkpoint(_chunk_loss, *part, use_reentrant=False, preserve_rng_state=False)
+    return total
+
+
+def check_patch_args(student: torch.Tensor, teacher: torch.Tensor, patch: int, groups: int, tau: float) -> None:
+    check_same_shape("patch_contrast", student, teacher, ndim=4)
+    check_tau("patch_contrast", tau)
+    _, c, h, w = student.shape
+    if patch < 1 or h % patch or w % patch:
+        raise ValueError(f"patch_contrast: map {h}x{w} is not divisible into whole {patch}x{patch} patches")
+    if groups < 2 or c % groups:
+        raise ValueError(f"patch_contrast: {c} channels cannot be split into groups={groups} (need >= 2, dividing C)")
+
+
+def patch_contrast(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    patch: int = 4,
+    groups: int = 16,
+    tau: float = 0.07,
+    *,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """Sum over all anchors of the Af-DCD omni-contrast InfoNCE term on pooled maps (B, C, H', W'),
+    H' and W' divisible by ``patch``, C by ``groups``; a float32 scalar (see the module docstring)."""
+    check_patch_args(student, teacher, patch, groups, tau)
+    if resolve_backend(backend, student, teacher) == "triton":
+        from kernels.patch_contrast_triton import patch_contrast_triton
+
+        return patch_contrast_triton(student, teacher, patch, groups, tau)
+    return patch_contrast_reference(student, teacher, patch, groups, tau)
