@@ -95,7 +95,7 @@ class LossConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: Literal["sgd", "adamw"] = "sgd"
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     nesterov: bool = False
@@ -114,6 +114,19 @@ class ScheduleConfig:
 
 
 @dataclass
+class DiscriminatorConfig:
+    """The discriminator step of adversarial losses (LOSSES.md §7.3), after each student step.
+
+    Default: Adam(4e-4, betas (0.9, 0.99)), constant rate, as TorchDistiller, IFVD and CIRKD; SKD's
+    official script uses SGD 4e-4 (momentum 0.9, wd 5e-4) with the poly schedule."""
+
+    optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig(name="adam", lr=4e-4, betas=(0.9, 0.99), weight_decay=0.0)
+    )
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="constant"))
+
+
+@dataclass
 class TrainConfig:
     iterations: int = 200
     grad_accum: int = 1
@@ -121,6 +134,7 @@ class TrainConfig:
     aux_weight: float = 0.4
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     sync_bn: bool = True
     eval_interval: int = 100

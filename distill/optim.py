@@ -1,4 +1,4 @@
-"""Optimiser (SGD or AdamW) with parameter groups, and the iteration-based learning-rate schedule."""
+"""Optimiser (SGD, Adam or AdamW) with parameter groups, and the iteration-based learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ def build_optimizer(backbone: nn.Module, rest: list[nn.Module], cfg: OptimizerCo
     groups = [g for g in groups if g["params"]]
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 

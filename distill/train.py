@@ -60,8 +60,10 @@ class Objective(nn.Module):
 
     def forward(
         self, images: torch.Tensor, context: LossContext, teacher_out: SegOutput | None
-    ) -> dict[str, torch.Tensor]:
-        return self.criterion(self.student(images), teacher_out, context)
+    ) -> tuple[dict[str, torch.Tensor], SegOutput]:
+        """The named loss parts and the student's output (which a discriminator step reads)."""
+        student_out = self.student(images)
+        return self.criterion(student_out, teacher_out, context), student_out
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -145,20 +147,27 @@ def main(argv: list[str] | None = None) -> dict:
     info = train_set.info
     student = build_model(cfg.model, info.num_classes)
     teacher = build_teacher(cfg.teacher, info).to(accelerator.device) if cfg.teacher is not None else None
-    if world > 1 and cfg.train.sync_bn:
-        if accelerator.distributed_type == DistributedType.MULTI_GPU:
-            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
-        elif main_process:
-            print("note: SyncBatchNorm needs GPUs; on CPU processes each normalise over their own batch")
+    sync_bn = world > 1 and cfg.train.sync_bn and accelerator.distributed_type == DistributedType.MULTI_GPU
+    if sync_bn:
+        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+    elif world > 1 and cfg.train.sync_bn and main_process:
+        print("note: SyncBatchNorm needs GPUs; on CPU processes each normalise over their own batch")
     student.to(accelerator.device)
     probe_images = torch.stack([val_set[0][0]] * 2).float().to(accelerator.device) / 255
     s_out, t_out = dry_run(student, teacher, probe_images)
     criterion = build_criterion(cfg.losses, TaskLoss(info.ignore_index, cfg.train.aux_weight), s_out, t_out).to(accelerator.device)
+    if sync_bn:  # loss modules with BatchNorm (adapters, projection heads) normalise over all processes too
+        criterion = nn.SyncBatchNorm.convert_sync_batchnorm(criterion)
     objective = Objective(student, criterion)
     head_modules = [m for name, m in student.named_children() if name != "backbone"] + [criterion]
     backbone = getattr(student, "backbone", nn.Identity())
     optimizer = build_optimizer(backbone, head_modules, cfg.train.optimizer)
     objective, optimizer = accelerator.prepare(objective, optimizer)
+    # Adversarial losses: their discriminators, trained by a step of their own after the student's.
+    adversary = criterion.adversary()
+    if adversary is not None:
+        d_optimizer = build_optimizer(adversary, [], cfg.train.discriminator.optimizer)
+        adversary, d_optimizer = accelerator.prepare(adversary, d_optimizer)
 
     # ---- resume ---------------------------------------------------------------------------------
     progress = {"step": 0, "epoch": 0, "epoch_step": 0, "best_miou": None, "best_step": None, "history": []}
@@ -196,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
             lr = learning_rate(step, total, cfg.train.optimizer.lr, cfg.train.schedule)
             set_learning_rate(optimizer, lr)
             sums: dict[str, torch.Tensor] = {}
+            d_sums: dict[str, torch.Tensor] = {}
             for micro in range(cfg.train.grad_accum):
                 images, labels, indices = next(data)
                 if samples_log is not None:
@@ -210,14 +220,21 @@ def main(argv: list[str] | None = None) -> dict:
                         if teacher is not None:
                             with torch.no_grad():
                                 teacher_out = teacher(images)
-                        parts = objective(images, context, teacher_out)
+                        parts, student_out = objective(images, context, teacher_out)
                     loss = sum(parts.values())
                     accelerator.backward(loss / cfg.train.grad_accum)
                 for name, value in parts.items():
                     sums[name] = sums.get(name, 0) + value.detach() / cfg.train.grad_accum
-            local = torch.stack(list(sums.values()))
+                if adversary is not None:
+                    # The discriminators' gradients, on this micro-batch's outputs (the student's detached).
+                    with nullcontext() if sync else accelerator.no_sync(adversary):
+                        d_parts = adversary(student_out, teacher_out)
+                        accelerator.backward(sum(d_parts.values()) / cfg.train.grad_accum)
+                    for name, value in d_parts.items():
+                        d_sums[name] = d_sums.get(name, 0) + value.detach() / cfg.train.grad_accum
+            local = torch.stack([*sums.values(), *d_sums.values()])
             if not bool(accelerator.reduce(torch.isfinite(local).all().float(), "min")):
-                values = ", ".join(f"{k}={float(v):.4g}" for k, v in sums.items())
+                values = ", ".join(f"{k}={float(v):.4g}" for k, v in [*sums.items(), *d_sums.items()])
                 last = state_dirs(run_dir)
                 kept = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written yet"
                 raise NonFiniteLoss(
@@ -228,13 +245,19 @@ def main(argv: list[str] | None = None) -> dict:
                 accelerator.clip_grad_norm_(objective.parameters(), cfg.train.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if adversary is not None:
+                d_cfg = cfg.train.discriminator
+                set_learning_rate(d_optimizer, learning_rate(step, total, d_cfg.optimizer.lr, d_cfg.schedule))
+                d_optimizer.step()
+                d_optimizer.zero_grad(set_to_none=True)
             step += 1
             bar.update(1)
 
             if step % cfg.train.log_interval == 0 or step == total:
                 mean_parts = accelerator.reduce(local, "mean")
-                logged = {f"loss/{k}": float(v) for k, v in zip(sums, mean_parts, strict=True)}
-                logged["loss/total"] = float(mean_parts.sum())
+                names = [f"loss/{k}" for k in sums] + [f"discriminator/{k}" for k in d_sums]
+                logged = {name: float(v) for name, v in zip(names, mean_parts, strict=True)}
+                logged["loss/total"] = float(mean_parts[: len(sums)].sum())
                 logged["lr"] = lr
                 logged["time/step_s"] = (time.perf_counter() - last_logged) / cfg.train.log_interval
                 last_logged = time.perf_counter()

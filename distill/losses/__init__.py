@@ -1,6 +1,14 @@
 """Losses: the task loss and the registry of distillation losses (LOSSES.md)."""
 
-from distill.losses import pixel_kd  # noqa: F401  (registers its loss)
+# importing a loss module registers its losses
+from distill.losses import (  # noqa: F401
+    cirkd_memory,
+    cirkd_minibatch,
+    ifvd,
+    pixel_kd,
+    skd_adversarial,
+    skd_pairwise,
+)
 from distill.losses.base import DistillLoss, LossContext
 from distill.losses.criterion import Criterion, build_criterion, build_loss_params
 from distill.losses.registry import LOSSES

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -24,6 +25,11 @@ class LossContext:
     labels: torch.Tensor  # (B, H, W) int64 at the input resolution
     ignore_index: int
     num_classes: int
+
+    def labels_at(self, size: torch.Size) -> torch.Tensor:
+        """The labels resized to ``size`` with PyTorch's legacy ``nearest`` mode (the top-left pixel of each
+        cell), as every official loss that reads labels at a feature's size does (LOSSES.md §13)."""
+        return F.interpolate(self.labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
 
 
 @dataclass
@@ -36,10 +42,33 @@ class DistillLoss(nn.Module):
     default_student: ClassVar[str] = "logits"
     default_teacher: ClassVar[str] = "logits"
     needs_teacher: ClassVar[bool] = True
+    # True: the constructor also takes ``num_classes`` (e.g. to size per-class memories).
+    needs_num_classes: ClassVar[bool] = False
 
     def __init__(self, params, student_shape: torch.Size, teacher_shape: torch.Size) -> None:
         super().__init__()
         self.params = params
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, context: LossContext) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class AdversarialLoss(DistillLoss):
+    """A loss played against a discriminator (LOSSES.md §7.3).
+
+    ``forward`` is the student's (generator's) term: it reads the discriminator without training it.
+    ``discriminator_loss`` is what the discriminator minimises; the trainer calls it (through
+    :class:`distill.losses.criterion.Adversary`) after the student's backward and steps the
+    discriminator with its own optimiser. The discriminator is deliberately not a registered submodule
+    of the loss, so the student's optimiser, gradient clipping and DDP wrapper never see it; the
+    ``Adversary`` registers it, and the trainer prepares that with Accelerate and saves it with the
+    training state.
+    """
+
+    def __init__(self, params, student_shape: torch.Size, teacher_shape: torch.Size, discriminator: nn.Module) -> None:
+        super().__init__(params, student_shape, teacher_shape)
+        object.__setattr__(self, "discriminator", discriminator)  # bypasses nn.Module registration, see above
+
+    def discriminator_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """The discriminator's loss on the (detached) student tensor and the teacher tensor."""
         raise NotImplementedError

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from distill.config import LossConfig, parse_dataclass
-from distill.losses.base import DistillLoss, LossContext
+from distill.losses.base import AdversarialLoss, DistillLoss, LossContext
 from distill.losses.registry import LOSSES
 from distill.losses.task import TaskLoss
 from distill.models import SegOutput
@@ -61,6 +61,36 @@ class Criterion(nn.Module):
                 parts[bind.label] = bind.weight * term(s, t, context)
         return parts
 
+    def adversary(self) -> Adversary | None:
+        """The discriminators of the adversarial terms, or None when there is none."""
+        pairs = [(t, b) for t, b in zip(self.terms, self.bindings, strict=True) if isinstance(t, AdversarialLoss)]
+        return Adversary(pairs) if pairs else None
+
+
+class Adversary(nn.Module):
+    """The discriminators of the adversarial loss terms, as one module with its own optimiser.
+
+    The trainer calls it after the student's backward, on the same outputs: each discriminator learns to
+    tell the teacher's tensor from the student's (detached) one. Its parameters are the discriminators'
+    only; the loss terms stay registered in the :class:`Criterion` alone.
+    """
+
+    def __init__(self, pairs: list[tuple[AdversarialLoss, Binding]]) -> None:
+        super().__init__()
+        self.discriminators = nn.ModuleList([term.discriminator for term, _ in pairs])
+        self.pairs = pairs  # a plain list: not registered here
+
+    def forward(self, student: SegOutput, teacher: SegOutput) -> dict[str, torch.Tensor]:
+        """Named discriminator losses; the trainer minimises their sum."""
+        with torch.autocast(student.logits.device.type, enabled=False):
+            return {
+                bind.label: term.discriminator_loss(
+                    student.tensor(bind.student).detach().float(), teacher.tensor(bind.teacher).detach().float()
+                )
+                for term, bind in self.pairs
+            }
+
+
 
 def _to_float(output: SegOutput) -> SegOutput:
     aux = output.aux_logits.float() if output.aux_logits is not None else None
@@ -81,6 +111,7 @@ def build_criterion(
         seen.add(bind.label)
         s_shape = _lookup(student, bind.student, "student", cfg.name).shape
         t_shape = _lookup(teacher, bind.teacher, "teacher", cfg.name).shape if cls.needs_teacher else None
-        terms.append(cls(build_loss_params(cfg, where), s_shape, t_shape))
+        extra = {"num_classes": student.logits.shape[1]} if cls.needs_num_classes else {}
+        terms.append(cls(build_loss_params(cfg, where), s_shape, t_shape, **extra))
         bindings.append(bind)
     return Criterion(task, terms, bindings)
