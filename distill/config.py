@@ -80,6 +80,11 @@ class TeacherConfig:
     checkpoint: str | None = None
     model: ModelConfig | None = None
     weights: str | None = None
+    # The input normalisation the teacher was trained with, when it differs from data.mean / data.std
+    # (e.g. EfficientNet-Lite teachers use 0.5 / 0.5). None: from the checkpoint's model.json, else the
+    # data's. The teacher's input is re-normalised accordingly; the student keeps data.mean / data.std.
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
 
 
 @dataclass

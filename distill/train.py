@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_set, val_set = build_dataset(cfg.data, cfg.data.train_split), build_dataset(cfg.data, cfg.data.val_split)
     info = train_set.info
     student = build_model(cfg.model, info.num_classes)
-    teacher = build_teacher(cfg.teacher, info).to(accelerator.device) if cfg.teacher is not None else None
+    teacher = build_teacher(cfg.teacher, info, cfg.data).to(accelerator.device) if cfg.teacher is not None else None
     sync_bn = world > 1 and cfg.train.sync_bn and accelerator.distributed_type == DistributedType.MULTI_GPU
     if sync_bn:
         student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
