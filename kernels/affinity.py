@@ -28,7 +28,9 @@ def _pairwise_rows(x: torch.Tensor, y: torch.Tensor, start: int, stop: int) -> t
     return diff.square().sum()
 
 
-def _cross_image_rows(x: torch.Tensor, y: torch.Tensor, image: int, start: int, stop: int, tau: float) -> torch.Tensor:
+def _cross_image_rows(
+    x: torch.Tensor, y: torch.Tensor, image: int, start: int, stop: int, tau: float
+) -> torch.Tensor:
     # Rows p in [start, stop) of image `image` against every image j: (B_j, rows, N).
     log_p_s = torch.log_softmax(x[image, :, start:stop].T @ x / tau, dim=-1)
     log_p_t = torch.log_softmax(y[image, :, start:stop].T @ y / tau, dim=-1)
@@ -56,14 +58,18 @@ def pairwise_affinity_mse_reference(student: torch.Tensor, teacher: torch.Tensor
     return _sum_over_row_blocks(_pairwise_rows, x, rows, x, y)
 
 
-def cross_image_affinity_kl_reference(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.Tensor:
+def cross_image_affinity_kl_reference(
+    student: torch.Tensor, teacher: torch.Tensor, tau: float
+) -> torch.Tensor:
     x, y = student.float(), teacher.detach().float()
     b, _, n = x.shape
     rows = max(1, CHUNK_ELEMENTS // (b * n))
     return sum(_sum_over_row_blocks(_cross_image_rows, x, rows, x, y, i, tau=tau) for i in range(b))
 
 
-def pairwise_affinity_mse(student: torch.Tensor, teacher: torch.Tensor, *, backend: Backend = "auto") -> torch.Tensor:
+def pairwise_affinity_mse(
+    student: torch.Tensor, teacher: torch.Tensor, *, backend: Backend = "auto"
+) -> torch.Tensor:
     """SKD pair-wise term on L2-normalised node features (B, C_s, N), (B, C_t, N):
     sum_b sum_{i,j} (x_i.x_j - y_i.y_j)^2 as a float32 scalar (the caller divides by N^2 and B)."""
     check_nodes("pairwise_affinity_mse", student, teacher)

@@ -30,8 +30,12 @@ def _affinity_tile(a_ptr, b_ptr, p, q, N, C, s_c, s_n,
     acc = tl.zeros([BLOCK_P, BLOCK_Q], tl.float32)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
-        a = tl.load(a_ptr + c[None, :] * s_c + p[:, None] * s_n, mask=(p < N)[:, None] & (c < C)[None, :], other=0.0)
-        b = tl.load(b_ptr + c[:, None] * s_c + q[None, :] * s_n, mask=(c < C)[:, None] & (q < N)[None, :], other=0.0)
+        a = tl.load(
+            a_ptr + c[None, :] * s_c + p[:, None] * s_n, mask=(p < N)[:, None] & (c < C)[None, :], other=0.0
+        )
+        b = tl.load(
+            b_ptr + c[:, None] * s_c + q[None, :] * s_n, mask=(c < C)[:, None] & (q < N)[None, :], other=0.0
+        )
         acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=PRECISION)
     return acc
 
@@ -63,7 +67,9 @@ def _affinity_forward_kernel(
             a_s = a_s * inv_tau
             a_t = a_t * inv_tau
             new_max_s = tl.maximum(max_s, tl.max(tl.where(valid, a_s, NEG), axis=1))
-            sum_s = sum_s * tl.exp(max_s - new_max_s) + tl.sum(tl.exp(tl.where(valid, a_s - new_max_s[:, None], NEG)), axis=1)
+            sum_s = sum_s * tl.exp(max_s - new_max_s) + tl.sum(
+                tl.exp(tl.where(valid, a_s - new_max_s[:, None], NEG)), axis=1
+            )
             max_s = new_max_s
             new_max_t = tl.maximum(max_t, tl.max(tl.where(valid, a_t, NEG), axis=1))
             rescale = tl.exp(max_t - new_max_t)
@@ -183,7 +189,16 @@ class _Affinity(torch.autograd.Function):
         passes = (False, True) if meta["KL"] else (False,)
         for columns in passes:
             _affinity_backward_kernel[grid](
-                student, teacher, grad, lse_s, lse_t, grad_out, *common, **meta, COLUMNS=columns, BLOCK_OUT=block_out
+                student,
+                teacher,
+                grad,
+                lse_s,
+                lse_t,
+                grad_out,
+                *common,
+                **meta,
+                COLUMNS=columns,
+                BLOCK_OUT=block_out,
             )
         return grad.to(student.dtype), None, None, None, None
 
@@ -205,4 +220,6 @@ def cross_image_affinity_kl_triton(
     student: torch.Tensor, teacher: torch.Tensor, tau: float, blocks: tuple[int, int, int, int] | None = None
 ) -> torch.Tensor:
     """Triton twin of ``cross_image_affinity_kl_reference`` (arguments already checked)."""
-    return _Affinity.apply(student, teacher.detach(), float(tau), True, blocks or _blocks_for(student.shape[1]))
+    return _Affinity.apply(
+        student, teacher.detach(), float(tau), True, blocks or _blocks_for(student.shape[1])
+    )

@@ -50,7 +50,9 @@ def builds() -> list[Build]:
                          options=warps))  # fmt: skip
         out.append(Build(f"softmax_kl backward ({label})", skl._softmax_kl_backward_kernel, tiles,
                          ("s_ptr", "t_ptr", "grad_ptr"), options=warps))  # fmt: skip
-        out.append(Build(f"softmax_kl combine ({label})", skl._softmax_kl_combine_kernel, dict(BLOCK_I=block_i), ()))
+        out.append(
+            Build(f"softmax_kl combine ({label})", skl._softmax_kl_combine_kernel, dict(BLOCK_I=block_i), ())
+        )
     block_k, block_l, block_d = patch_contrast_triton._blocks(tokens=256, channels=128)
     for backward in (False, True):
         tiles = dict(PATCH=4, GROUPS=16, BLOCK_K=block_k, BLOCK_L=block_l, BLOCK_D=block_d, BACKWARD=backward)
@@ -61,7 +63,9 @@ def builds() -> list[Build]:
     for kl in (False, True):
         tiles = dict(KL=kl, BLOCK_P=block_p, BLOCK_Q=block_q, BLOCK_C=block_c, PRECISION="tf32x3")
         label = "cross_image_kl" if kl else "pairwise_mse"
-        out.append(Build(f"{label} forward", affinity_triton._affinity_forward_kernel, tiles, ("x_ptr", "y_ptr")))
+        out.append(
+            Build(f"{label} forward", affinity_triton._affinity_forward_kernel, tiles, ("x_ptr", "y_ptr"))
+        )
         for columns in (False, True) if kl else (False,):
             out.append(Build(f"{label} backward {'columns' if columns else 'rows'} (C_s 128)",
                              affinity_triton._affinity_backward_kernel,
@@ -90,7 +94,9 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
         file.write(cubin)
         file.flush()
-        text = subprocess.run([str(tool), "-res-usage", file.name], capture_output=True, text=True, check=True).stdout
+        text = subprocess.run(
+            [str(tool), "-res-usage", file.name], capture_output=True, text=True, check=True
+        ).stdout
     return {key: int(value) for key, value in re.findall(r"([A-Z]+):(\d+)", text)}
 
 

@@ -45,7 +45,9 @@ def reference_forced() -> bool:
     """True when the switch or the environment variable asks for the reference implementations."""
     value = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
     if value not in ENV_CHOICES:
-        raise ValueError(f"environment variable {ENV_VAR}={value!r}: expected one of {', '.join(ENV_CHOICES)}")
+        raise ValueError(
+            f"environment variable {ENV_VAR}={value!r}: expected one of {', '.join(ENV_CHOICES)}"
+        )
     return _force_reference or value == "reference"
 
 

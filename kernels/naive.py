@@ -26,7 +26,8 @@ def naive_patch_contrast(
     positive = torch.eye(tokens, dtype=torch.bool, device=g.device).expand(patches, -1, -1)
     negative = (group[:, None] != group[None, :]).expand(patches, -1, -1)
     logits = torch.cat(
-        [similarity[positive].view(patches * tokens, 1), similarity[negative].view(patches * tokens, -1)], dim=1
+        [similarity[positive].view(patches * tokens, 1), similarity[negative].view(patches * tokens, -1)],
+        dim=1,
     )
     target = torch.zeros(logits.shape[0], dtype=torch.long, device=g.device)
     return F.cross_entropy(logits / tau, target, reduction="sum")
@@ -39,7 +40,9 @@ def naive_pairwise_affinity_mse(student: torch.Tensor, teacher: torch.Tensor) ->
     return (affinity_s - affinity_t).pow(2).sum()
 
 
-def naive_cross_image_affinity_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+def naive_cross_image_affinity_kl(
+    student: torch.Tensor, teacher: torch.Tensor, tau: float = 0.1
+) -> torch.Tensor:
     x, y = student.float(), teacher.detach().float()
     total = x.new_zeros(())
     for i in range(x.shape[0]):

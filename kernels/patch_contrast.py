@@ -59,14 +59,18 @@ def patch_contrast_reference(
     return total
 
 
-def check_patch_args(student: torch.Tensor, teacher: torch.Tensor, patch: int, groups: int, tau: float) -> None:
+def check_patch_args(
+    student: torch.Tensor, teacher: torch.Tensor, patch: int, groups: int, tau: float
+) -> None:
     check_same_shape("patch_contrast", student, teacher, ndim=4)
     check_tau("patch_contrast", tau)
     _, c, h, w = student.shape
     if patch < 1 or h % patch or w % patch:
         raise ValueError(f"patch_contrast: map {h}x{w} is not divisible into whole {patch}x{patch} patches")
     if groups < 2 or c % groups:
-        raise ValueError(f"patch_contrast: {c} channels cannot be split into groups={groups} (need >= 2, dividing C)")
+        raise ValueError(
+            f"patch_contrast: {c} channels cannot be split into groups={groups} (need >= 2, dividing C)"
+        )
 
 
 def patch_contrast(

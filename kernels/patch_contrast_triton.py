@@ -46,7 +46,9 @@ def _patch_contrast_kernel(
     d = tl.arange(0, BLOCK_D)
     in_k = k < T
     k_mask = in_k[:, None] & (d < D)[None, :]
-    g_offsets = _token_offsets(k, d, patch_id, patches_w, patches_per_image, D, s_b, s_c, s_h, s_w, PATCH, GROUPS)
+    g_offsets = _token_offsets(
+        k, d, patch_id, patches_w, patches_per_image, D, s_b, s_c, s_h, s_w, PATCH, GROUPS
+    )
     g = tl.load(g_ptr + g_offsets, mask=k_mask, other=0.0).to(tl.float32)
     rows = patch_id * T + k
     if BACKWARD:
@@ -59,17 +61,21 @@ def _patch_contrast_kernel(
         running_sum = tl.zeros([BLOCK_K], tl.float32)
         positive = tl.zeros([BLOCK_K], tl.float32)
     for l0 in range(0, T, BLOCK_L):
-        l = l0 + tl.arange(0, BLOCK_L)
-        l_mask = (l < T)[:, None] & (d < D)[None, :]
+        cand = l0 + tl.arange(0, BLOCK_L)  # teacher tokens l
+        l_mask = (cand < T)[:, None] & (d < D)[None, :]
         t_offsets = _token_offsets(
-            l, d, patch_id, patches_w, patches_per_image, D, ts_b, ts_c, ts_h, ts_w, PATCH, GROUPS
+            cand, d, patch_id, patches_w, patches_per_image, D, ts_b, ts_c, ts_h, ts_w, PATCH, GROUPS
         )
         t = tl.load(t_ptr + t_offsets, mask=l_mask, other=0.0).to(tl.float32)
         diff = g[:, None, :] - t[None, :, :]  # (K, L, D); padded channels give 0
         logits = -tl.sum(tl.abs(diff), axis=2) * inv_tau
-        is_positive = k[:, None] == l[None, :]
+        is_positive = k[:, None] == cand[None, :]
         # Positive, or a negative (another channel group); same group elsewhere takes no part.
-        valid = in_k[:, None] & (l < T)[None, :] & (((k % GROUPS)[:, None] != (l % GROUPS)[None, :]) | is_positive)
+        valid = (
+            in_k[:, None]
+            & (cand < T)[None, :]
+            & (((k % GROUPS)[:, None] != (cand % GROUPS)[None, :]) | is_positive)
+        )
         if BACKWARD:
             softmax = tl.exp(tl.where(valid, logits - lse[:, None], NEG))
             weight = scale[:, None] * (softmax - is_positive.to(tl.float32))
@@ -82,7 +88,9 @@ def _patch_contrast_kernel(
             running_max = new_max
             positive += tl.sum(tl.where(is_positive & valid, logits, 0.0), axis=1)
     if BACKWARD:
-        grad_offsets = _token_offsets(k, d, patch_id, patches_w, patches_per_image, D, s_b, s_c, s_h, s_w, PATCH, GROUPS)
+        grad_offsets = _token_offsets(
+            k, d, patch_id, patches_w, patches_per_image, D, s_b, s_c, s_h, s_w, PATCH, GROUPS
+        )
         tl.store(grad_ptr + grad_offsets, grad.to(grad_ptr.dtype.element_ty), mask=k_mask)
     else:
         lse = running_max + tl.log(tl.where(in_k, running_sum, 1.0))
@@ -106,11 +114,20 @@ class _PatchContrast(torch.autograd.Function):
         patches = b * (h // patch) * (w // patch)
         auto_k, auto_l, block_d = _blocks(tokens, channels)
         block_k, block_l = block_k or auto_k, block_l or auto_l
-        loss, lse = (torch.empty((patches, tokens), device=student.device, dtype=torch.float32) for _ in range(2))
+        loss, lse = (
+            torch.empty((patches, tokens), device=student.device, dtype=torch.float32) for _ in range(2)
+        )
         ctx.launch = dict(
             grid=(patches, triton.cdiv(tokens, block_k)),
             args=(1.0 / tau, tokens, channels, w // patch, (h // patch) * (w // patch)),
-            meta=dict(PATCH=patch, GROUPS=groups, BLOCK_K=block_k, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=NUM_WARPS),
+            meta=dict(
+                PATCH=patch,
+                GROUPS=groups,
+                BLOCK_K=block_k,
+                BLOCK_L=block_l,
+                BLOCK_D=block_d,
+                num_warps=NUM_WARPS,
+            ),
         )
         _launch(ctx.launch, student, teacher, lse, loss=loss)
         ctx.save_for_backward(student, teacher, lse)
@@ -120,7 +137,9 @@ class _PatchContrast(torch.autograd.Function):
     def backward(ctx, grad_loss):
         student, teacher, lse = ctx.saved_tensors
         # The kernel addresses the gradient with the student's strides.
-        grad = torch.empty_strided(student.shape, student.stride(), device=student.device, dtype=student.dtype)
+        grad = torch.empty_strided(
+            student.shape, student.stride(), device=student.device, dtype=student.dtype
+        )
         _launch(ctx.launch, student, teacher, lse, grad=grad, grad_loss=grad_loss.float().contiguous())
         return grad, None, None, None, None, None, None
 

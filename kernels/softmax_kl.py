@@ -13,14 +13,18 @@ from kernels.dispatch import Backend, resolve_backend
 from kernels.validation import check_same_shape, check_tau
 
 
-def softmax_kl_rows_reference(student: torch.Tensor, teacher: torch.Tensor, tau: float, dim: int) -> torch.Tensor:
+def softmax_kl_rows_reference(
+    student: torch.Tensor, teacher: torch.Tensor, tau: float, dim: int
+) -> torch.Tensor:
     """KL(softmax(t / tau) || softmax(s / tau)) along ``dim`` in float32; the KL of every row, ``dim`` removed."""
     log_p_s = torch.log_softmax(student.float() / tau, dim=dim)
     log_p_t = torch.log_softmax(teacher.detach().float() / tau, dim=dim)
     return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim)
 
 
-def _softmax_kl_rows(student: torch.Tensor, teacher: torch.Tensor, tau: float, dim: int, backend: Backend) -> torch.Tensor:
+def _softmax_kl_rows(
+    student: torch.Tensor, teacher: torch.Tensor, tau: float, dim: int, backend: Backend
+) -> torch.Tensor:
     if resolve_backend(backend, student, teacher) == "triton":
         from kernels.softmax_kl_triton import softmax_kl_rows_triton
 
@@ -46,7 +50,9 @@ def spatial_softmax_kl(
     if weight is None:
         return rows.sum()
     if weight.shape != (n, c):
-        raise ValueError(f"spatial_softmax_kl: weight has shape {tuple(weight.shape)}, expected (N, C) = {(n, c)}")
+        raise ValueError(
+            f"spatial_softmax_kl: weight has shape {tuple(weight.shape)}, expected (N, C) = {(n, c)}"
+        )
     return (rows * weight.float()).sum()
 
 

@@ -24,14 +24,14 @@ NUM_WARPS = 8  # for the ~4k-element tiles: about 100 registers a thread on sm_9
 
 @triton.jit
 def _softmax_kl_partial_kernel(
-    s_ptr, t_ptr, part_ptr, O, R, I, splits, segment, inv_tau,
+    s_ptr, t_ptr, part_ptr, n_outer, n_reduced, n_inner, splits, segment, inv_tau,
     s_so, s_sr, s_si, t_so, t_sr, t_si,
     BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr,
 ):  # fmt: skip
     o = tl.program_id(0)
     offs_i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
     split = tl.program_id(2)
-    in_i = offs_i < I
+    in_i = offs_i < n_inner
     m_s = tl.full([BLOCK_I], NEG, tl.float32)
     m_t = tl.full([BLOCK_I], NEG, tl.float32)
     z_s = tl.zeros([BLOCK_I], tl.float32)
@@ -39,7 +39,7 @@ def _softmax_kl_partial_kernel(
     w = tl.zeros([BLOCK_I], tl.float32)
     for r0 in range(0, segment, BLOCK_R):
         r = split * segment + r0 + tl.arange(0, BLOCK_R)
-        mask = (r < R)[:, None] & in_i[None, :]
+        mask = (r < n_reduced)[:, None] & in_i[None, :]
         s = tl.load(s_ptr + o * s_so + r[:, None] * s_sr + offs_i[None, :] * s_si, mask=mask, other=0.0)
         t = tl.load(t_ptr + o * t_so + r[:, None] * t_sr + offs_i[None, :] * t_si, mask=mask, other=0.0)
         s = s.to(tl.float32) * inv_tau
@@ -55,8 +55,8 @@ def _softmax_kl_partial_kernel(
         w = w * rescale_t + tl.sum(e_t * (t - s), axis=0)
         m_t = m_t_new
     # Layout (stat, o, split, i).
-    base = part_ptr + (o * splits + split) * I + offs_i
-    stride = O * splits * I
+    base = part_ptr + (o * splits + split) * n_inner + offs_i
+    stride = n_outer * splits * n_inner
     tl.store(base, m_s, mask=in_i)
     tl.store(base + stride, z_s, mask=in_i)
     tl.store(base + 2 * stride, m_t, mask=in_i)
@@ -65,18 +65,20 @@ def _softmax_kl_partial_kernel(
 
 
 @triton.jit
-def _softmax_kl_combine_kernel(part_ptr, kl_ptr, lse_s_ptr, lse_t_ptr, O, I, splits, BLOCK_I: tl.constexpr):
+def _softmax_kl_combine_kernel(
+    part_ptr, kl_ptr, lse_s_ptr, lse_t_ptr, n_outer, n_inner, splits, BLOCK_I: tl.constexpr
+):
     o = tl.program_id(0)
     offs_i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
-    in_i = offs_i < I
-    stride = O * splits * I
+    in_i = offs_i < n_inner
+    stride = n_outer * splits * n_inner
     m_s = tl.full([BLOCK_I], NEG, tl.float32)
     m_t = tl.full([BLOCK_I], NEG, tl.float32)
     z_s = tl.zeros([BLOCK_I], tl.float32)
     z_t = tl.zeros([BLOCK_I], tl.float32)
     w = tl.zeros([BLOCK_I], tl.float32)
     for split in range(0, splits):
-        base = part_ptr + (o * splits + split) * I + offs_i
+        base = part_ptr + (o * splits + split) * n_inner + offs_i
         pm_s = tl.load(base, mask=in_i, other=NEG)
         pz_s = tl.load(base + stride, mask=in_i, other=0.0)
         pm_t = tl.load(base + 2 * stride, mask=in_i, other=NEG)
@@ -91,12 +93,12 @@ def _softmax_kl_combine_kernel(part_ptr, kl_ptr, lse_s_ptr, lse_t_ptr, O, I, spl
         z_t = z_t * old_scale + pz_t * part_scale
         w = w * old_scale + pw * part_scale
         m_t = new_m_t
-    # Rows past I have z = 0 and are not stored; 1 keeps their log finite.
+    # Rows past n_inner have z = 0 and are not stored; 1 keeps their log finite.
     z_s = tl.where(in_i, z_s, 1.0)
     z_t = tl.where(in_i, z_t, 1.0)
     lse_s = m_s + tl.log(z_s)
     lse_t = m_t + tl.log(z_t)
-    out = o * I + offs_i
+    out = o * n_inner + offs_i
     tl.store(kl_ptr + out, w / z_t - lse_t + lse_s, mask=in_i)
     tl.store(lse_s_ptr + out, lse_s, mask=in_i)
     tl.store(lse_t_ptr + out, lse_t, mask=in_i)
@@ -104,16 +106,16 @@ def _softmax_kl_combine_kernel(part_ptr, kl_ptr, lse_s_ptr, lse_t_ptr, O, I, spl
 
 @triton.jit
 def _softmax_kl_backward_kernel(
-    s_ptr, t_ptr, grad_ptr, grad_kl_ptr, lse_s_ptr, lse_t_ptr, R, I, inv_tau,
+    s_ptr, t_ptr, grad_ptr, grad_kl_ptr, lse_s_ptr, lse_t_ptr, n_reduced, n_inner, inv_tau,
     s_so, s_sr, s_si, t_so, t_sr, t_si, g_so, g_sr, g_si,
     BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr,
 ):  # fmt: skip
     o = tl.program_id(0)
     r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_i = tl.program_id(2) * BLOCK_I + tl.arange(0, BLOCK_I)
-    in_i = offs_i < I
-    mask = (r < R)[:, None] & in_i[None, :]
-    row = o * I + offs_i
+    in_i = offs_i < n_inner
+    mask = (r < n_reduced)[:, None] & in_i[None, :]
+    row = o * n_inner + offs_i
     scale = tl.load(grad_kl_ptr + row, mask=in_i, other=0.0) * inv_tau
     lse_s = tl.load(lse_s_ptr + row, mask=in_i, other=0.0)
     lse_t = tl.load(lse_t_ptr + row, mask=in_i, other=0.0)
@@ -201,7 +203,9 @@ def softmax_kl_rows_triton(
     tests set them to exercise masked tails and the combine step on small inputs.
     """
     if dim not in (1, 2) or student.dim() != 3:
-        raise ValueError(f"softmax_kl_rows_triton: expected a 3-D input reduced along dim 1 or 2, got dim={dim}")
+        raise ValueError(
+            f"softmax_kl_rows_triton: expected a 3-D input reduced along dim 1 or 2, got dim={dim}"
+        )
     r, i = student.shape[dim], student.shape[3 - dim]
     auto_r, auto_i = _blocks(r, i, reduced_contiguous=student.stride(dim) == 1)
     block_r, block_i = block_r or auto_r, block_i or auto_i

@@ -26,16 +26,25 @@ def check_same_shape(name: str, student: torch.Tensor, teacher: torch.Tensor, nd
             f"{ndim}-D shape"
         )
     if student.device != teacher.device:
-        raise ValueError(f"{name}: student on {student.device}, teacher on {teacher.device}; expected one device")
+        raise ValueError(
+            f"{name}: student on {student.device}, teacher on {teacher.device}; expected one device"
+        )
 
 
 def check_nodes(name: str, student: torch.Tensor, teacher: torch.Tensor) -> None:
     """Affinity inputs: (B, C_s, N) and (B, C_t, N), same batch and node count, channels may differ."""
     check_float(name, student=student, teacher=teacher)
-    if student.dim() != 3 or teacher.dim() != 3 or student.shape[0] != teacher.shape[0] or student.shape[2] != teacher.shape[2]:
+    if (
+        student.dim() != 3
+        or teacher.dim() != 3
+        or student.shape[0] != teacher.shape[0]
+        or student.shape[2] != teacher.shape[2]
+    ):
         raise ValueError(
             f"{name}: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} must be (B, C_s, N) "
             "and (B, C_t, N) with the same B and N"
         )
     if student.device != teacher.device:
-        raise ValueError(f"{name}: student on {student.device}, teacher on {teacher.device}; expected one device")
+        raise ValueError(
+            f"{name}: student on {student.device}, teacher on {teacher.device}; expected one device"
+        )
