@@ -1,5 +1,8 @@
 """Pixel-wise KD (LOSSES.md §1) against an independent computation, the task loss, and the criterion that
-binds losses to named tensors."""
+binds losses to named tensors.
+
+Pixel KD sums its KLs through ``kernels.class_softmax_kl``, which computes in float32 by contract (whatever the
+input dtype): values are compared at float32 precision and finite differences use a 1e-3 step."""
 
 from __future__ import annotations
 
@@ -72,12 +75,10 @@ def test_pixel_kd_matches_the_formula(normalization: str, tau: float) -> None:
     student, teacher = logits_pair()
     expected = reference_pixel_kd(student.numpy(), teacher.numpy(), tau, normalization)
     assert expected > 0
-    got = pixel_kd(student, teacher, tau, normalization)
-    assert got.dim() == 0
-    assert float(got) == pytest.approx(expected, rel=1e-10, abs=1e-12)
-    # float32 too (the dtype used in training)
-    got32 = pixel_kd(student.float(), teacher.float(), tau, normalization)
-    assert float(got32) == pytest.approx(expected, rel=1e-5)
+    for dtype in (torch.float64, torch.float32):
+        got = pixel_kd(student.to(dtype), teacher.to(dtype), tau, normalization)
+        assert got.dim() == 0
+        assert float(got) == pytest.approx(expected, rel=1e-5)
 
 
 def test_normalizations_relate_as_documented() -> None:
@@ -108,15 +109,16 @@ def test_gradient_wrt_student(tau: float) -> None:
     q_s = torch.softmax(student.detach() / tau, dim=1)
     q_t = torch.softmax(teacher / tau, dim=1)
     expected = tau / (b * h * w) * (q_s - q_t)
-    torch.testing.assert_close(student.grad, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(student.grad, expected, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("normalization", NORMALIZATIONS)
 def test_gradcheck(normalization: str) -> None:
-    student, teacher = logits_pair(seed=2, shape=(2, 3, 3, 2))
-    student.requires_grad_(True)
-    teacher.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda s, t: pixel_kd(s, t, 2.0, normalization), (student, teacher))
+    student, teacher = logits_pair(seed=2, shape=(2, 3, 3, 2), scale=1.0)
+    student.requires_grad_(True)  # the teacher is a constant (criterion and kernel detach it)
+    assert torch.autograd.gradcheck(
+        lambda s: pixel_kd(s, teacher, 2.0, normalization), (student,), eps=1e-3, atol=1e-4, rtol=1e-3
+    )
 
 
 def test_invariant_to_per_pixel_constant() -> None:
@@ -126,10 +128,10 @@ def test_invariant_to_per_pixel_constant() -> None:
         for tau in (1.0, 4.0):
             base = pixel_kd(student, teacher, tau, normalization)
             shifted = pixel_kd(student + shift, teacher, tau, normalization)
-            torch.testing.assert_close(shifted, base, rtol=1e-9, atol=1e-12)
+            torch.testing.assert_close(shifted, base, rtol=1e-5, atol=1e-7)
             # the teacher, too, is only defined up to a per-pixel constant
             torch.testing.assert_close(
-                pixel_kd(student, teacher - shift, tau, normalization), base, rtol=1e-9, atol=1e-12
+                pixel_kd(student, teacher - shift, tau, normalization), base, rtol=1e-5, atol=1e-7
             )
 
 
@@ -166,7 +168,7 @@ def test_student_resized_to_teacher() -> None:
     # bilinear, align_corners=False, exactly halving the size = the mean of each 2x2 block
     blocks = student.reshape(2, 3, 2, 2, 3, 2).mean(dim=(3, 5))
     expected = reference_pixel_kd(blocks.numpy(), teacher.numpy(), 2.0, "pixel_mean")
-    assert float(pixel_kd(student, teacher, 2.0, "pixel_mean")) == pytest.approx(expected, rel=1e-10)
+    assert float(pixel_kd(student, teacher, 2.0, "pixel_mean")) == pytest.approx(expected, rel=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------

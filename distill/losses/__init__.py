@@ -2,9 +2,16 @@
 
 # importing a loss module registers its losses
 from distill.losses import (  # noqa: F401
+    afdcd,
+    angular,
     cirkd_memory,
     cirkd_minibatch,
+    cwd,
+    dist,
+    feature,
+    hwd,
     ifvd,
+    mgd,
     pixel_kd,
     skd_adversarial,
     skd_pairwise,

@@ -49,7 +49,10 @@ class DistillLoss(nn.Module):
         super().__init__()
         self.params = params
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor, context: LossContext) -> torch.Tensor:
+    def forward(
+        self, student: torch.Tensor, teacher: torch.Tensor, context: LossContext
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """A scalar, or named scalars for a loss made of several published terms (summed, logged apart)."""
         raise NotImplementedError
 
 

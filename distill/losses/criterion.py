@@ -58,7 +58,11 @@ class Criterion(nn.Module):
             for term, bind in zip(self.terms, self.bindings, strict=True):
                 s = student.tensor(bind.student).float()
                 t = teacher.tensor(bind.teacher).detach().float() if term.needs_teacher else None
-                parts[bind.label] = bind.weight * term(s, t, context)
+                value = term(s, t, context)
+                # a loss with several published terms returns them by name, each logged on its own
+                named = value.items() if isinstance(value, dict) else [(None, value)]
+                for part, v in named:
+                    parts[bind.label if part is None else f"{bind.label}_{part}"] = bind.weight * v
         return parts
 
     def adversary(self) -> Adversary | None:
@@ -91,7 +95,6 @@ class Adversary(nn.Module):
             }
 
 
-
 def _to_float(output: SegOutput) -> SegOutput:
     aux = output.aux_logits.float() if output.aux_logits is not None else None
     return SegOutput(output.logits.float(), aux, output.features)
@@ -112,6 +115,12 @@ def build_criterion(
         s_shape = _lookup(student, bind.student, "student", cfg.name).shape
         t_shape = _lookup(teacher, bind.teacher, "teacher", cfg.name).shape if cls.needs_teacher else None
         extra = {"num_classes": student.logits.shape[1]} if cls.needs_num_classes else {}
-        terms.append(cls(build_loss_params(cfg, where), s_shape, t_shape, **extra))
+        try:
+            terms.append(cls(build_loss_params(cfg, where), s_shape, t_shape, **extra))
+        except ConfigError as err:  # the shapes of the bound tensors do not suit the loss: say which
+            t_desc = f", teacher {bind.teacher!r} {tuple(t_shape)}" if t_shape is not None else ""
+            raise ConfigError(
+                f"{where}: loss {cfg.name!r} (student {bind.student!r} {tuple(s_shape)}{t_desc}): {err}"
+            ) from None
         bindings.append(bind)
     return Criterion(task, terms, bindings)

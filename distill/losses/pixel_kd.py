@@ -12,7 +12,8 @@ reductions of §1.3, so a weight published with any of the three codebases keeps
 * ``element_mean`` (TorchDistiller / IFVD ``nn.KLDivLoss()``): mean over all B*K*h*w elements, no tau^2.
 
 The logits are compared at the teacher's resolution; if the student's differ in size they are resized
-bilinearly to the teacher's first.
+bilinearly to the teacher's first. The sum of KLs runs through ``kernels.class_softmax_kl`` (a fused Triton
+kernel on CUDA, the PyTorch reference elsewhere).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from distill.losses.base import DistillLoss, LossContext
+from distill.losses.connectors import match_size, require_positive, require_same_channels
 from distill.losses.registry import LOSSES
+from kernels import class_softmax_kl
 
 
 @dataclass
@@ -32,23 +34,17 @@ class PixelKDParams:
     tau: float = 1.0
     normalization: Literal["pixel_mean", "batch_sum", "element_mean"] = "pixel_mean"
 
-
-def match_size(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    if student.shape[-2:] == teacher.shape[-2:]:
-        return student
-    return F.interpolate(student, size=teacher.shape[-2:], mode="bilinear", align_corners=False)
-
-
-def class_softmax_kl(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.Tensor:
-    """Per-pixel KL(softmax(t/tau) || softmax(s/tau)) over dim 1, summed over all pixels (no tau^2)."""
-    log_q_s = F.log_softmax(student / tau, dim=1)
-    log_q_t = F.log_softmax(teacher / tau, dim=1)
-    return (log_q_t.exp() * (log_q_t - log_q_s)).sum()
+    def __post_init__(self) -> None:
+        require_positive(self.tau, "tau")
 
 
 @LOSSES.register("pixel_kd")
 class PixelKD(DistillLoss):
     Params = PixelKDParams
+
+    def __init__(self, params: PixelKDParams, student_shape: torch.Size, teacher_shape: torch.Size) -> None:
+        super().__init__(params, student_shape, teacher_shape)
+        require_same_channels(student_shape, teacher_shape, "pixel KD compares class distributions")
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, context: LossContext) -> torch.Tensor:
         tau, norm = self.params.tau, self.params.normalization
