@@ -6,8 +6,8 @@ nothing from ``distill``. See docs/kernels.md.
 """
 
 from kernels.affinity import cross_image_affinity_kl, pairwise_affinity_mse
+from kernels.contrast import patch_contrast
 from kernels.dispatch import use_reference
-from kernels.patch_contrast import patch_contrast
 from kernels.softmax_kl import class_softmax_kl, spatial_softmax_kl
 
 __all__ = [

@@ -17,6 +17,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from kernels.dispatch import Backend, resolve_backend
+from kernels.precision import at_least_float32
 from kernels.validation import check_nodes, check_tau
 
 # Affinity entries per block of rows in the references (1 Mi floats = 4 MiB per matrix).
@@ -52,7 +53,7 @@ def _sum_over_row_blocks(
 
 
 def pairwise_affinity_mse_reference(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    x, y = student.float(), teacher.detach().float()
+    x, y = at_least_float32(student), at_least_float32(teacher.detach())
     b, _, n = x.shape
     rows = max(1, CHUNK_ELEMENTS // (b * n))
     return _sum_over_row_blocks(_pairwise_rows, x, rows, x, y)
@@ -61,7 +62,7 @@ def pairwise_affinity_mse_reference(student: torch.Tensor, teacher: torch.Tensor
 def cross_image_affinity_kl_reference(
     student: torch.Tensor, teacher: torch.Tensor, tau: float
 ) -> torch.Tensor:
-    x, y = student.float(), teacher.detach().float()
+    x, y = at_least_float32(student), at_least_float32(teacher.detach())
     b, _, n = x.shape
     rows = max(1, CHUNK_ELEMENTS // (b * n))
     return sum(_sum_over_row_blocks(_cross_image_rows, x, rows, x, y, i, tau=tau) for i in range(b))
@@ -77,7 +78,7 @@ def pairwise_affinity_mse(
         from kernels.affinity_triton import pairwise_affinity_mse_triton
 
         return pairwise_affinity_mse_triton(student, teacher)
-    return pairwise_affinity_mse_reference(student, teacher)
+    return pairwise_affinity_mse_reference(student, teacher).float()
 
 
 def cross_image_affinity_kl(
@@ -92,4 +93,4 @@ def cross_image_affinity_kl(
         from kernels.affinity_triton import cross_image_affinity_kl_triton
 
         return cross_image_affinity_kl_triton(student, teacher, tau)
-    return cross_image_affinity_kl_reference(student, teacher, tau)
+    return cross_image_affinity_kl_reference(student, teacher, tau).float()

@@ -22,7 +22,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels import affinity_triton, patch_contrast_triton, softmax_kl_triton
+from kernels import affinity_triton, contrast_triton, softmax_kl_triton
 
 DTYPES = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
 
@@ -53,12 +53,12 @@ def builds() -> list[Build]:
         out.append(
             Build(f"softmax_kl combine ({label})", skl._softmax_kl_combine_kernel, dict(BLOCK_I=block_i), ())
         )
-    block_k, block_l, block_d = patch_contrast_triton._blocks(tokens=256, channels=128)
+    block_k, block_l, block_d = contrast_triton._blocks(tokens=256, channels=128)
     for backward in (False, True):
         tiles = dict(PATCH=4, GROUPS=16, BLOCK_K=block_k, BLOCK_L=block_l, BLOCK_D=block_d, BACKWARD=backward)
         out.append(Build(f"patch_contrast {'backward' if backward else 'forward'} (T 256, D 128)",
-                         patch_contrast_triton._patch_contrast_kernel, tiles, ("g_ptr", "t_ptr", "grad_ptr"),
-                         options=dict(num_warps=patch_contrast_triton.NUM_WARPS)))  # fmt: skip
+                         contrast_triton._patch_contrast_kernel, tiles, ("g_ptr", "t_ptr", "grad_ptr"),
+                         options=dict(num_warps=contrast_triton.NUM_WARPS)))  # fmt: skip
     block_p, block_q, block_c, block_out = affinity_triton._blocks_for(channels=128)
     for kl in (False, True):
         tiles = dict(KL=kl, BLOCK_P=block_p, BLOCK_Q=block_q, BLOCK_C=block_c, PRECISION="tf32x3")

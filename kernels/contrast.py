@@ -16,6 +16,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from kernels.dispatch import Backend, resolve_backend
+from kernels.precision import at_least_float32
 from kernels.validation import check_same_shape, check_tau
 
 # Similarity entries per chunk of the reference (4 Mi floats = 16 MiB); a few such buffers live at once.
@@ -47,8 +48,8 @@ def _chunk_loss(g: torch.Tensor, t: torch.Tensor, excluded: torch.Tensor, tau: f
 def patch_contrast_reference(
     student: torch.Tensor, teacher: torch.Tensor, patch: int, groups: int, tau: float
 ) -> torch.Tensor:
-    g = patch_tokens(student.float(), patch, groups)
-    t = patch_tokens(teacher.detach().float(), patch, groups)
+    g = patch_tokens(at_least_float32(student), patch, groups)
+    t = patch_tokens(at_least_float32(teacher.detach()), patch, groups)
     patches, tokens, _ = g.shape
     excluded = contrast_exclusion_mask(tokens, groups, g.device)
     chunk = max(1, CHUNK_ELEMENTS // (tokens * tokens))
@@ -86,7 +87,7 @@ def patch_contrast(
     H' and W' divisible by ``patch``, C by ``groups``; a float32 scalar (see the module docstring)."""
     check_patch_args(student, teacher, patch, groups, tau)
     if resolve_backend(backend, student, teacher) == "triton":
-        from kernels.patch_contrast_triton import patch_contrast_triton
+        from kernels.contrast_triton import patch_contrast_triton
 
         return patch_contrast_triton(student, teacher, patch, groups, tau)
-    return patch_contrast_reference(student, teacher, patch, groups, tau)
+    return patch_contrast_reference(student, teacher, patch, groups, tau).float()

@@ -1,4 +1,4 @@
-"""Triton kernels for the Af-DCD omni-contrast (``kernels.patch_contrast``): forward, backward, autograd.
+"""Triton kernels for the Af-DCD omni-contrast (``kernels.contrast``): forward, backward, autograd.
 
 One program per (patch, block of anchors). Tokens are read straight from the (B, C, H', W') maps by
 index arithmetic (no token copy). For each block of teacher tokens the program forms the

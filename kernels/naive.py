@@ -12,14 +12,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.patch_contrast import patch_tokens
+from kernels.contrast import patch_tokens
+from kernels.precision import at_least_float32
 
 
 def naive_patch_contrast(
     student: torch.Tensor, teacher: torch.Tensor, patch: int = 4, groups: int = 16, tau: float = 0.07
 ) -> torch.Tensor:
-    g = patch_tokens(student.float(), patch, groups)
-    t = patch_tokens(teacher.detach().float(), patch, groups)
+    g = patch_tokens(at_least_float32(student), patch, groups)
+    t = patch_tokens(at_least_float32(teacher.detach()), patch, groups)
     patches, tokens, _ = g.shape
     similarity = -torch.cdist(g, t, p=1)
     group = torch.arange(tokens, device=g.device) % groups
@@ -34,7 +35,7 @@ def naive_patch_contrast(
 
 
 def naive_pairwise_affinity_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    x, y = student.float(), teacher.detach().float()
+    x, y = at_least_float32(student), at_least_float32(teacher.detach())
     affinity_s = torch.bmm(x.transpose(1, 2), x)
     affinity_t = torch.bmm(y.transpose(1, 2), y)
     return (affinity_s - affinity_t).pow(2).sum()
@@ -43,7 +44,7 @@ def naive_pairwise_affinity_mse(student: torch.Tensor, teacher: torch.Tensor) ->
 def naive_cross_image_affinity_kl(
     student: torch.Tensor, teacher: torch.Tensor, tau: float = 0.1
 ) -> torch.Tensor:
-    x, y = student.float(), teacher.detach().float()
+    x, y = at_least_float32(student), at_least_float32(teacher.detach())
     total = x.new_zeros(())
     for i in range(x.shape[0]):
         for j in range(x.shape[0]):

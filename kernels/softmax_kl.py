@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from kernels.dispatch import Backend, resolve_backend
+from kernels.precision import at_least_float32
 from kernels.validation import check_same_shape, check_tau
 
 
@@ -17,8 +18,8 @@ def softmax_kl_rows_reference(
     student: torch.Tensor, teacher: torch.Tensor, tau: float, dim: int
 ) -> torch.Tensor:
     """KL(softmax(t / tau) || softmax(s / tau)) along ``dim`` in float32; the KL of every row, ``dim`` removed."""
-    log_p_s = torch.log_softmax(student.float() / tau, dim=dim)
-    log_p_t = torch.log_softmax(teacher.detach().float() / tau, dim=dim)
+    log_p_s = torch.log_softmax(at_least_float32(student) / tau, dim=dim)
+    log_p_t = torch.log_softmax(at_least_float32(teacher.detach()) / tau, dim=dim)
     return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim)
 
 
@@ -48,12 +49,12 @@ def spatial_softmax_kl(
     n, c = student.shape[:2]
     rows = _softmax_kl_rows(student.flatten(2), teacher.flatten(2), tau, 2, backend)
     if weight is None:
-        return rows.sum()
+        return rows.sum().float()
     if weight.shape != (n, c):
         raise ValueError(
             f"spatial_softmax_kl: weight has shape {tuple(weight.shape)}, expected (N, C) = {(n, c)}"
         )
-    return (rows * weight.float()).sum()
+    return (rows * weight.to(rows.dtype)).sum().float()
 
 
 def class_softmax_kl(
@@ -63,4 +64,4 @@ def class_softmax_kl(
     the sum over the N*H*W pixels of KL(q_t || q_s) as a float32 scalar (no tau^2)."""
     check_same_shape("class_softmax_kl", student, teacher, ndim=4)
     check_tau("class_softmax_kl", tau)
-    return _softmax_kl_rows(student.flatten(2), teacher.flatten(2), tau, 1, backend).sum()
+    return _softmax_kl_rows(student.flatten(2), teacher.flatten(2), tau, 1, backend).sum().float()
