@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, action="append", help="compute capability x 10 (default: 90)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="input dtype (default fp32)")
+    parser.add_argument("--fail-on-spill", action="store_true", help="exit 1 if any kernel spills registers")
     args = parser.parse_args(argv)
     rows = []
     for arch in args.arch or [90]:
@@ -116,6 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     widths = [max(len(str(row[col])) for row in [header, *rows]) for col in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print(" | ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+    spilled = [f"{row[0]} ({row[1]})" for row in rows if row[4]]
+    if args.fail_on_spill and spilled:
+        raise SystemExit(f"register spills in: {', '.join(spilled)}")
 
 
 if __name__ == "__main__":

@@ -28,12 +28,16 @@ def kl_np(teacher_row: np.ndarray, student_row: np.ndarray) -> float:
 
 def spatial_kl_np(s: np.ndarray, t: np.ndarray, tau: float, weight: np.ndarray) -> float:
     n, c = s.shape[:2]
-    return sum(weight[i, j] * kl_np(t[i, j].ravel() / tau, s[i, j].ravel() / tau) for i in range(n) for j in range(c))
+    return sum(
+        weight[i, j] * kl_np(t[i, j].ravel() / tau, s[i, j].ravel() / tau) for i in range(n) for j in range(c)
+    )
 
 
 def class_kl_np(s: np.ndarray, t: np.ndarray, tau: float) -> float:
     n, _, h, w = s.shape
-    return sum(kl_np(t[i, :, y, x] / tau, s[i, :, y, x] / tau) for i in range(n) for y in range(h) for x in range(w))
+    return sum(
+        kl_np(t[i, :, y, x] / tau, s[i, :, y, x] / tau) for i in range(n) for y in range(h) for x in range(w)
+    )
 
 
 def patch_contrast_np(g: np.ndarray, t: np.ndarray, patch: int, groups: int, tau: float) -> float:
@@ -61,7 +65,12 @@ def patch_contrast_np(g: np.ndarray, t: np.ndarray, patch: int, groups: int, tau
 
 def pairwise_mse_np(x: np.ndarray, y: np.ndarray) -> float:
     b, _, n = x.shape
-    return sum((x[k, :, i] @ x[k, :, j] - y[k, :, i] @ y[k, :, j]) ** 2 for k in range(b) for i in range(n) for j in range(n))
+    return sum(
+        (x[k, :, i] @ x[k, :, j] - y[k, :, i] @ y[k, :, j]) ** 2
+        for k in range(b)
+        for i in range(n)
+        for j in range(n)
+    )
 
 
 def cross_image_kl_np(x: np.ndarray, y: np.ndarray, tau: float) -> float:
@@ -90,7 +99,9 @@ def test_spatial_kl_two_positions_by_hand():
     # tau = 2 halves the logits: p_t = (sqrt3, 1) / (sqrt3 + 1).
     q = math.sqrt(3) / (math.sqrt(3) + 1)
     expected_tau2 = q * math.log(2 * q) + (1 - q) * math.log(2 * (1 - q))
-    assert kernels.spatial_softmax_kl(student, teacher, tau=2.0).item() == pytest.approx(expected_tau2, rel=1e-6)
+    assert kernels.spatial_softmax_kl(student, teacher, tau=2.0).item() == pytest.approx(
+        expected_tau2, rel=1e-6
+    )
 
 
 def test_class_kl_is_zero_for_equal_inputs_and_positive_otherwise():
@@ -140,7 +151,9 @@ def test_patch_contrast_matches_loops_and_published_form(shape, patch, groups):
     g, t = torch.randn(shape), torch.randn(shape)
     expected = patch_contrast_np(g.double().numpy(), t.double().numpy(), patch, groups, tau=0.5)
     assert kernels.patch_contrast(g, t, patch, groups, tau=0.5).item() == pytest.approx(expected, rel=1e-5)
-    assert naive.naive_patch_contrast(g, t, patch, groups, tau=0.5).item() == pytest.approx(expected, rel=1e-5)
+    assert naive.naive_patch_contrast(g, t, patch, groups, tau=0.5).item() == pytest.approx(
+        expected, rel=1e-5
+    )
 
 
 @pytest.mark.parametrize(("b", "cs", "ct", "n"), [(2, 3, 5, 7), (3, 4, 2, 5)])
@@ -258,7 +271,10 @@ def test_invariances():
     # L1 distances ignore a common translation of student and teacher.
     g, h = torch.randn(1, 8, 4, 4), torch.randn(1, 8, 4, 4)
     torch.testing.assert_close(
-        kernels.patch_contrast(g + 5.0, h + 5.0, 2, 4, 0.5), kernels.patch_contrast(g, h, 2, 4, 0.5), rtol=1e-5, atol=1e-3
+        kernels.patch_contrast(g + 5.0, h + 5.0, 2, 4, 0.5),
+        kernels.patch_contrast(g, h, 2, 4, 0.5),
+        rtol=1e-5,
+        atol=1e-3,
     )
     # Affinities ignore a rotation of the student's channels and a joint permutation of the nodes
     # (CIRKD: the same permutation in every image).
@@ -313,16 +329,32 @@ def test_explicit_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: kernels.spatial_softmax_kl(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 4)), "same 4-D shape"),
+        (
+            lambda: kernels.spatial_softmax_kl(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 4)),
+            "same 4-D shape",
+        ),
         (lambda: kernels.spatial_softmax_kl(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3)), "same 4-D shape"),
         (lambda: kernels.class_softmax_kl(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 3), tau=0), "tau=0"),
         (
-            lambda: kernels.spatial_softmax_kl(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 3), weight=torch.ones(2)),
+            lambda: kernels.spatial_softmax_kl(
+                torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 3), weight=torch.ones(2)
+            ),
             r"weight has shape \(2,\), expected \(N, C\) = \(1, 2\)",
         ),
-        (lambda: kernels.class_softmax_kl(torch.zeros(1, 2, 3, 3, dtype=torch.long), torch.zeros(1, 2, 3, 3)), "dtype"),
-        (lambda: kernels.patch_contrast(torch.zeros(1, 32, 6, 8), torch.zeros(1, 32, 6, 8)), "6x8.*4x4 patches"),
-        (lambda: kernels.patch_contrast(torch.zeros(1, 24, 4, 4), torch.zeros(1, 24, 4, 4)), "24 channels.*groups=16"),
+        (
+            lambda: kernels.class_softmax_kl(
+                torch.zeros(1, 2, 3, 3, dtype=torch.long), torch.zeros(1, 2, 3, 3)
+            ),
+            "dtype",
+        ),
+        (
+            lambda: kernels.patch_contrast(torch.zeros(1, 32, 6, 8), torch.zeros(1, 32, 6, 8)),
+            "6x8.*4x4 patches",
+        ),
+        (
+            lambda: kernels.patch_contrast(torch.zeros(1, 24, 4, 4), torch.zeros(1, 24, 4, 4)),
+            "24 channels.*groups=16",
+        ),
         (lambda: kernels.pairwise_affinity_mse(torch.zeros(2, 3, 5), torch.zeros(2, 3, 6)), r"\(B, C_s, N\)"),
         (lambda: kernels.cross_image_affinity_kl(torch.zeros(2, 3, 5), torch.zeros(1, 3, 5)), "same B and N"),
     ],
