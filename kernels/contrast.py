@@ -6,8 +6,8 @@ k = n * M + m (n: row-major position in the patch, m: channel group). With S_kl 
 negatives {l : m_l != m_k} (any position); same-group tokens at other positions take no part. The
 function returns the SUM over all anchors of -log softmax([S_pos, S_negs] / tau)[0]; the loss divides.
 
-The reference never holds the similarity matrices of the whole batch: it works on chunks of patches
-under activation checkpointing, so backward recomputes one chunk at a time.
+The reference never holds the similarity matrices (or the tokens) of the whole batch: it works on
+bands of patch rows under activation checkpointing, so backward recomputes one band at a time.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from kernels.dispatch import Backend, resolve_backend
 from kernels.precision import at_least_float32
 from kernels.validation import check_same_shape, check_tau
 
-# Similarity entries per chunk of the reference (4 Mi floats = 16 MiB); a few such buffers live at once.
-CHUNK_ELEMENTS = 1 << 22
+# Similarity entries per chunk of the reference (1 Mi floats = 4 MiB); a few such buffers live at once.
+CHUNK_ELEMENTS = 1 << 20
 
 
 def patch_tokens(x: torch.Tensor, patch: int, groups: int) -> torch.Tensor:
@@ -39,8 +39,11 @@ def contrast_exclusion_mask(tokens: int, groups: int, device: torch.device) -> t
     return same_group & (index[:, None] != index[None, :])
 
 
-def _chunk_loss(g: torch.Tensor, t: torch.Tensor, excluded: torch.Tensor, tau: float) -> torch.Tensor:
-    similarity = -torch.cdist(g, t, p=1) / tau  # (patches, T, T)
+def _band_loss(
+    g: torch.Tensor, t: torch.Tensor, patch: int, groups: int, excluded: torch.Tensor, tau: float
+) -> torch.Tensor:
+    """The loss of the patches in one horizontal band of the maps; tokens are cut here, per band."""
+    similarity = -torch.cdist(patch_tokens(g, patch, groups), patch_tokens(t, patch, groups), p=1) / tau
     lse = torch.logsumexp(similarity.masked_fill(excluded, float("-inf")), dim=-1)
     return (lse - similarity.diagonal(dim1=-2, dim2=-1)).sum()
 
@@ -48,15 +51,19 @@ def _chunk_loss(g: torch.Tensor, t: torch.Tensor, excluded: torch.Tensor, tau: f
 def patch_contrast_reference(
     student: torch.Tensor, teacher: torch.Tensor, patch: int, groups: int, tau: float
 ) -> torch.Tensor:
-    g = patch_tokens(at_least_float32(student), patch, groups)
-    t = patch_tokens(at_least_float32(teacher.detach()), patch, groups)
-    patches, tokens, _ = g.shape
+    g, t = at_least_float32(student), at_least_float32(teacher.detach())
+    b, _, h, w = g.shape
+    tokens = patch * patch * groups
     excluded = contrast_exclusion_mask(tokens, groups, g.device)
-    chunk = max(1, CHUNK_ELEMENTS // (tokens * tokens))
+    # Bands of whole patch rows of one image, about CHUNK_ELEMENTS similarity entries each.
+    band_rows = max(1, CHUNK_ELEMENTS // (tokens * tokens * (w // patch)))
     total = g.new_zeros(())
-    for start in range(0, patches, chunk):
-        part = (g[start : start + chunk], t[start : start + chunk], excluded, tau)
-        total = total + checkpoint(_chunk_loss, *part, use_reentrant=False, preserve_rng_state=False)
+    for image in range(b):
+        for top in range(0, h, band_rows * patch):
+            band = (slice(image, image + 1), slice(None), slice(top, top + band_rows * patch))
+            total = total + checkpoint(
+                _band_loss, g[band], t[band], patch, groups, excluded, tau, use_reentrant=False, preserve_rng_state=False
+            )
     return total
 
 

@@ -170,9 +170,10 @@ def test_affinities_match_loops_and_published_forms(b, cs, ct, n):
 def test_chunked_references_equal_the_materialising_forms_in_value_and_gradient(monkeypatch):
     # Tiny chunks: many row blocks / patch chunks with ragged ends, each checkpointed.
     monkeypatch.setattr(affinity, "CHUNK_ELEMENTS", 7)
-    monkeypatch.setattr(contrast, "CHUNK_ELEMENTS", 300)
+    # 16 tokens, 3 patches a row: bands of 2 patch rows, the last of 3 rows ragged.
+    monkeypatch.setattr(contrast, "CHUNK_ELEMENTS", 16 * 16 * 3 * 2)
     x, y = unit_nodes(2, 3, 13, dtype=torch.float32), unit_nodes(2, 4, 13, dtype=torch.float32)
-    g, t = torch.randn(2, 8, 4, 6), torch.randn(2, 8, 4, 6)
+    g, t = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 6, 6)
     cases = [
         (kernels.pairwise_affinity_mse, naive.naive_pairwise_affinity_mse, x, y, {}),
         (kernels.cross_image_affinity_kl, naive.naive_cross_image_affinity_kl, x, y, {"tau": 0.2}),
