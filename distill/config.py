@@ -68,6 +68,8 @@ class ModelConfig:
     # Extra keyword arguments for timm.create_model, e.g. {channels: [32, 64, 128, 256]} for a thin ResNet.
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     head_channels: int = 256
+    # Extra keyword arguments for the head, e.g. {align_corners: true} for PSPNet weights trained so (CIRKD).
+    head_kwargs: dict[str, Any] = field(default_factory=dict)
     aux_head: bool = True
     dropout: float = 0.1
     # A complete torchvision segmentation model instead of backbone + head (e.g. "deeplabv3_resnet50").
@@ -132,6 +134,20 @@ class DiscriminatorConfig:
 
 
 @dataclass
+class EnergyConfig:
+    """Energy (kWh) and emissions (kg CO2) of training and of the final evaluation, measured by codecarbon
+    offline (no network). Figures are estimates where the machine exposes no RAPL / NVML power counters."""
+
+    # None: on when codecarbon is installed (pip install 'segdistill[sweep]'), off otherwise.
+    enabled: bool | None = None
+    # ISO 3166-1 alpha-3 code of the country whose electricity mix turns kWh into kg CO2.
+    country_iso_code: str = "USA"
+    # "process": this process's share of the CPU (and its RAM); "machine": the whole machine.
+    tracking_mode: Literal["process", "machine"] = "process"
+    measure_power_secs: float = 15.0
+
+
+@dataclass
 class TrainConfig:
     iterations: int = 200
     grad_accum: int = 1
@@ -149,6 +165,7 @@ class TrainConfig:
     deterministic: bool = True
     # Write the dataset indices each process consumes to samples_rank{R}.txt (data-order audit).
     record_samples: bool = False
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
 
 
 @dataclass

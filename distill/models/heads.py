@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.registry import Registry
+from distill.registry import ConfigError, Registry
 
 HEADS: Registry[Callable[..., DecodeHead]] = Registry("head")
 
@@ -54,21 +55,30 @@ class FCNHead(DecodeHead):
 
 @HEADS.register("psp")
 class PSPHead(DecodeHead):
-    """Pyramid pooling (bins 1, 2, 3, 6) concatenated with the input, then a 3x3 conv (PSPNet)."""
+    """Pyramid pooling (bins 1, 2, 3, 6) concatenated with the input, then a 3x3 conv (PSPNet).
+    ``align_corners``: how the pooled maps are upsampled (True in CIRKD's PSPNet, whose weights expect it)."""
 
     def __init__(
-        self, in_channels: int, channels: int, num_classes: int, dropout: float = 0.1, bins: Sequence[int] = (1, 2, 3, 6), **_
+        self,
+        in_channels: int,
+        channels: int,
+        num_classes: int,
+        dropout: float = 0.1,
+        bins: Sequence[int] = (1, 2, 3, 6),
+        align_corners: bool = False,
+        **_,
     ) -> None:
         super().__init__(channels, num_classes, dropout)
         reduced = max(in_channels // len(bins), 8)
         self.bins = tuple(bins)
+        self.align_corners = align_corners
         self.stages = nn.ModuleList([conv_bn_relu(in_channels, reduced, kernel=1) for _ in bins])
         self.bottleneck = conv_bn_relu(in_channels + reduced * len(bins), channels)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
         pooled = [
-            F.interpolate(stage(F.adaptive_avg_pool2d(x, b)), size=size, mode="bilinear", align_corners=False)
+            F.interpolate(stage(F.adaptive_avg_pool2d(x, b)), size=size, mode="bilinear", align_corners=self.align_corners)
             for b, stage in zip(self.bins, self.stages, strict=True)
         ]
         return self.bottleneck(torch.cat([x, *pooled], dim=1))
@@ -104,7 +114,15 @@ class ASPPHead(DecodeHead):
         return self.bottleneck(self.project(torch.cat([branch(x) for branch in self.branches], dim=1)))
 
 
-def build_head(name: str, in_channels: int, channels: int, num_classes: int, dropout: float, output_stride: int) -> DecodeHead:
-    return HEADS.get(name, "model.head")(
-        in_channels=in_channels, channels=channels, num_classes=num_classes, dropout=dropout, output_stride=output_stride
+def build_head(
+    name: str, in_channels: int, channels: int, num_classes: int, dropout: float, output_stride: int, extra: dict | None = None
+) -> DecodeHead:
+    """``extra``: the head's own keyword arguments (``model.head_kwargs``); unknown ones are an error."""
+    head = HEADS.get(name, "model.head")
+    own = set(inspect.signature(head).parameters) - {"in_channels", "channels", "num_classes", "dropout", "output_stride", "_"}
+    unknown = sorted(set(extra or {}) - own)
+    if unknown:
+        raise ConfigError(f"config key 'model.head_kwargs': head {name!r} takes no {unknown}; it takes {sorted(own) or 'none'}")
+    return head(
+        in_channels=in_channels, channels=channels, num_classes=num_classes, dropout=dropout, output_stride=output_stride, **(extra or {})
     )
