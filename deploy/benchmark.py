@@ -1,0 +1,145 @@
+"""Latency and accuracy of deployed artifacts, measured where they run.
+
+    python deploy/benchmark.py --artifact RUN/final --artifact RUN/final/export/model.onnx [--backend eager ...] \
+        [--data camvid:../shared/data/camvid] [--shape 1x3x180x240] [--iterations 200] [--warmup 20] \
+        [--threads 2] [--device cpu|cuda] [--output DIR]
+
+For each artifact (a checkpoint folder runs in PyTorch eager; an exported file in the backend given,
+paired with ``--artifact`` by position, or the natural one for its kind): latency at one fixed shape
+(batch 1 at the training resolution unless ``--shape``) after a warm-up, at least 200 timed iterations,
+as mean, p50, p90, p99, coefficient of variation and throughput, separately for
+
+* compute only: the artifact on inputs already on its device (CUDA events on a GPU), and
+* end to end: uint8 images on the host -> preprocessing, copies, the artifact, argmax -> labels on the host;
+
+and with ``--data`` the mIoU and per-class IoU of what the artifact predicts on the split. Writes
+``results.json`` (with the environment), ``results.md`` (speed-ups against the first artifact, measured
+in this run) and ``latency_vs_miou.png`` to ``--output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+if __name__ == "__main__" and not __package__:  # run as a file: import from the repository, not deploy/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from deploy.accuracy import default_shape, evaluate, open_dataset  # noqa: E402
+from deploy.backends import BACKEND_NAMES, load_predictor  # noqa: E402
+from deploy.environment import environment  # noqa: E402
+from deploy.latency import LatencyStats, time_calls  # noqa: E402
+from deploy.predictor import Predictor  # noqa: E402
+from deploy.report import write_report  # noqa: E402
+from deploy.shapes import ImageShape, parse_shape  # noqa: E402
+from distill.registry import ConfigError  # noqa: E402
+
+MIN_ITERATIONS = 200
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifact", action="append", required=True, help="checkpoint folder or exported file (repeatable)")
+    parser.add_argument("--backend", action="append", default=[], help=f"one of {', '.join(BACKEND_NAMES)} (one, or one per artifact)")
+    parser.add_argument("--data", help="measure mIoU on this dataset: NAME or NAME:ROOT")
+    parser.add_argument("--split", help="dataset split (default: the training run's validation split)")
+    parser.add_argument("--images", type=int, help="only the first N images of the split")
+    parser.add_argument("--shape", help="N x 3 x H x W to time (default: the export shape, else batch 1 at the training resolution)")
+    parser.add_argument("--iterations", type=int, default=MIN_ITERATIONS, help=f"timed iterations (at least {MIN_ITERATIONS})")
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for every backend (default: all cores)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for the PyTorch backends")
+    parser.add_argument("--output", default="runs/deploy_benchmark", help="folder for results.json / .md / .png")
+    parser.add_argument("--allow-failed-parity", action="store_true", help="also run artifacts whose parity gate failed")
+    args = parser.parse_args(argv)
+    if args.iterations < MIN_ITERATIONS:
+        parser.error(f"--iterations {args.iterations}: at least {MIN_ITERATIONS}, or the tail percentiles mean little")
+    if len(args.backend) not in (0, 1, len(args.artifact)):
+        parser.error("--backend: give one for all artifacts, or one per --artifact, in the same order")
+    return args
+
+
+def timed_shape(args: argparse.Namespace, predictor: Predictor) -> ImageShape:
+    if args.shape:
+        return parse_shape(args.shape)
+    traced = predictor.info.extra.get("traced_at")
+    return parse_shape(traced, "sidecar extra.traced_at") if traced else default_shape(predictor.info.data)
+
+
+def measure(predictor: Predictor, shape: ImageShape, args: argparse.Namespace) -> dict[str, Any]:
+    predictor.check_shape(shape)
+    images = np.random.default_rng(0).integers(0, 256, size=(shape.batch, shape.height, shape.width, 3), dtype=np.uint8)
+    prepared = predictor.prepare(images)
+    gpu = predictor.device.type == "cuda"
+
+    def end_to_end() -> None:
+        predictor.predict(images)
+        predictor.synchronize()
+
+    compute = time_calls(lambda: predictor.forward(prepared), args.iterations, args.warmup, cuda_events=gpu)
+    whole = time_calls(end_to_end, args.iterations, args.warmup)
+    return {
+        "compute": dataclasses.asdict(LatencyStats.from_samples(compute, shape.batch)),
+        "end_to_end": dataclasses.asdict(LatencyStats.from_samples(whole, shape.batch)),
+    }
+
+
+def accuracy(predictor: Predictor, args: argparse.Namespace) -> dict[str, Any] | None:
+    if not args.data:
+        return None
+    split = args.split or predictor.info.data.get("val_split", "val")
+    dataset = open_dataset(args.data, predictor.info.data, split)
+    metrics = evaluate(predictor, dataset, args.images)
+    images = len(dataset) if args.images is None else min(args.images, len(dataset))
+    return {
+        "dataset": dataset.info.name,
+        "split": split,
+        "images": images,
+        "miou": metrics.miou,
+        "pixel_accuracy": metrics.pixel_accuracy,
+        "iou": dict(zip(dataset.info.classes, metrics.iou, strict=True)),
+    }
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    backends = args.backend * len(args.artifact) if len(args.backend) == 1 else args.backend or [None] * len(args.artifact)
+    results = []
+    for artifact, backend in zip(args.artifact, backends, strict=True):
+        predictor = load_predictor(artifact, backend, args.device, args.threads or torch.get_num_threads(), args.allow_failed_parity)
+        shape = timed_shape(args, predictor)
+        print(f"{predictor.name}: {args.iterations} iterations at {shape} on {predictor.device}")
+        entry = {
+            "name": Path(artifact).name,
+            "artifact": str(artifact),
+            "backend": predictor.backend,
+            "precision": predictor.info.precision,
+            "device": str(predictor.device),
+            "shape": str(shape),
+            **measure(predictor, shape, args),
+            "accuracy": accuracy(predictor, args),
+        }
+        results.append(entry)
+        e = entry["end_to_end"]
+        print(f"  end to end p50 {e['p50_ms']:.2f} ms, compute p50 {entry['compute']['p50_ms']:.2f} ms")
+    command = "python deploy/benchmark.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    print(write_report(results, environment(), command, Path(args.output)))
+    print(f"results in {args.output}")
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

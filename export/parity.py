@@ -1,0 +1,224 @@
+"""The parity gate that every export runs: the artifact against PyTorch on the same uint8 images.
+
+Inputs are random images at every shape checked (the export shape, and for a dynamic graph at least one
+more with other values of each dynamic dimension), plus the images of a dataset when one is given.
+Reported: the largest absolute difference of the logits (for graphs that output logits), the share of
+pixels with equal labels, and on a dataset the mIoU of both. An artifact passes when the labels agree on
+at least ``min_label_agreement`` of the pixels and the mIoU is within ``max_miou_delta`` points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from deploy.accuracy import check_classes, image_batches, labels_at, open_dataset
+from deploy.artifact import ArtifactInfo, write_artifact_info
+from deploy.backends import load_predictor
+from deploy.backends.torch_modules import eager_predictor
+from deploy.predictor import Predictor
+from deploy.shapes import ImageShape, parse_shape
+from distill.metrics import ConfusionMatrix
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    min_label_agreement: float  # share of pixels with the same label as PyTorch
+    max_miou_delta: float  # mIoU points (0-100) between the artifact and PyTorch on a dataset
+
+
+# FP32: as stated in the issue; lower precisions are compared with the FP32 PyTorch model.
+THRESHOLDS = {
+    "fp32": Thresholds(0.999, 0.1),
+    "fp16": Thresholds(0.995, 0.3),
+    "bf16": Thresholds(0.99, 0.5),
+    "int8": Thresholds(0.95, 1.0),
+}
+
+
+@dataclass
+class ParityCheck:
+    inputs: str  # "random" or "DATASET/SPLIT"
+    shape: str
+    images: int
+    label_agreement: float
+    max_abs_error: float | None = None  # None where the graph outputs labels
+    miou_reference: float | None = None  # percent
+    miou_artifact: float | None = None
+    error: str | None = None  # the artifact failed to run at this shape
+
+
+@dataclass
+class ParityReport:
+    reference: str
+    artifact: str
+    thresholds: Thresholds
+    checks: list[ParityCheck] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "reference": self.reference,
+            "thresholds": dataclasses.asdict(self.thresholds),
+            "checks": [dataclasses.asdict(c) for c in self.checks],
+            "failures": self.failures,
+        }
+
+    def table(self) -> str:
+        lines = [
+            f"parity: {self.artifact} vs {self.reference}",
+            f"{'inputs':<16} {'shape':<16} {'images':>6} {'max |dlogit|':>12} {'labels equal':>12} {'mIoU ref':>8} {'mIoU art':>8}",
+        ]
+        for c in self.checks:
+            err = "n/a" if c.max_abs_error is None else f"{c.max_abs_error:.2e}"
+            ref = "" if c.miou_reference is None else f"{c.miou_reference:.2f}"
+            art = "" if c.miou_artifact is None else f"{c.miou_artifact:.2f}"
+            agree = "error" if c.error else f"{100 * c.label_agreement:.3f}%"
+            lines.append(f"{c.inputs:<16} {c.shape:<16} {c.images:>6} {err:>12} {agree:>12} {ref:>8} {art:>8}")
+        t = self.thresholds
+        lines.append(f"thresholds: labels equal >= {100 * t.min_label_agreement:g}%, |mIoU difference| <= {t.max_miou_delta:g}")
+        lines.append("PASSED" if self.passed else "FAILED:\n  " + "\n  ".join(self.failures))
+        return "\n".join(lines)
+
+
+def parity_shapes(export: ImageShape, dynamic: set[str], extra: list[ImageShape] = ()) -> list[ImageShape]:
+    """The export shape, and for a dynamic graph another one that changes every dynamic dimension (to
+    sizes that are not multiples of the usual strides)."""
+    shapes = [export]
+    if dynamic:
+        shapes.append(
+            ImageShape(
+                export.batch + 1 if "batch" in dynamic else export.batch,
+                export.height * 3 // 4 + 5 if "height" in dynamic else export.height,
+                export.width * 5 // 4 + 3 if "width" in dynamic else export.width,
+            )
+        )
+    return shapes + [s for s in extra if s not in shapes]
+
+
+def compare(reference: Predictor, artifact: Predictor, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """Labels of both (int32 N, H, W) and the largest logit difference (None for label outputs)."""
+    ref_out = reference.to_numpy(reference.forward(reference.prepare(images)))
+    art_out = artifact.to_numpy(artifact.forward(artifact.prepare(images)))
+    if reference.info.output_kind == "labels":
+        return ref_out.astype(np.int32), art_out.astype(np.int32), None
+    error = float(np.abs(ref_out.astype(np.float64) - art_out.astype(np.float64)).max())
+    return ref_out.argmax(1).astype(np.int32), art_out.argmax(1).astype(np.int32), error
+
+
+def run_parity(
+    reference: Predictor,
+    artifact: Predictor,
+    shapes: list[ImageShape],
+    thresholds: Thresholds,
+    dataset: Dataset | None = None,
+    max_images: int | None = None,
+    dataset_label: str = "dataset",
+    seed: int = 0,
+) -> ParityReport:
+    report = ParityReport(reference.name, artifact.name, thresholds)
+    rng = np.random.default_rng(seed)
+    for shape in shapes:
+        images = rng.integers(0, 256, size=(shape.batch, shape.height, shape.width, 3), dtype=np.uint8)
+        try:
+            ref, art, error = compare(reference, artifact, images)
+        except Exception as err:  # whatever the artifact raises at a shape fails the gate, with its message
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            report.checks.append(ParityCheck("random", str(shape), shape.batch, 0.0, error=message))
+            report.failures.append(f"{artifact.name} failed at shape {shape}: {message}")
+            continue
+        report.checks.append(ParityCheck("random", str(shape), shape.batch, float((ref == art).mean()), error))
+    if dataset is not None:
+        report.checks.append(dataset_check(reference, artifact, dataset, max_images, dataset_label))
+    for check in report.checks:
+        if check.error is None and check.label_agreement < thresholds.min_label_agreement:
+            report.failures.append(
+                f"labels equal on {100 * check.label_agreement:.3f}% of the pixels of {check.inputs} {check.shape} "
+                f"(at least {100 * thresholds.min_label_agreement:g}% required)"
+            )
+        if check.miou_reference is not None and abs(check.miou_artifact - check.miou_reference) > thresholds.max_miou_delta:
+            report.failures.append(
+                f"mIoU {check.miou_artifact:.2f} on {check.inputs} vs PyTorch {check.miou_reference:.2f} "
+                f"(at most {thresholds.max_miou_delta:g} apart allowed)"
+            )
+    return report
+
+
+def dataset_check(
+    reference: Predictor, artifact: Predictor, dataset: Dataset, max_images: int | None, label: str
+) -> ParityCheck:
+    info = dataset.info
+    check_classes(dataset, artifact.info, artifact.name)
+    matrices = [ConfusionMatrix(info.num_classes, info.ignore_index) for _ in range(2)]
+    equal = total = images = 0
+    errors: list[float] = []
+    shapes: set[str] = set()
+    for batch, labels in image_batches(dataset, artifact.info, max_images):
+        ref, art, error = compare(reference, artifact, batch)
+        equal, total, images = equal + int((ref == art).sum()), total + ref.size, images + len(batch)
+        errors += [] if error is None else [error]
+        shapes.add(str(ImageShape(*batch.shape[:3])))
+        for matrix, pred in zip(matrices, (ref, art), strict=True):
+            matrix.update(labels_at(pred, labels.shape[-2:]), labels)
+    ref_m, art_m = (m.result().miou * 100 for m in matrices)
+    return ParityCheck(
+        label, ",".join(sorted(shapes)) or "-", images, equal / max(total, 1), max(errors) if errors else None, ref_m, art_m
+    )
+
+
+def add_parity_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("parity gate")
+    group.add_argument("--data", help="check on this dataset too: NAME or NAME:ROOT (e.g. camvid:../shared/data/camvid)")
+    group.add_argument("--split", help="dataset split (default: the training run's validation split)")
+    group.add_argument("--parity-images", type=int, default=None, help="use the first N images of the split (default: all)")
+    group.add_argument("--parity-shapes", default="", help="more shapes to check, comma-separated (N x 3 x H x W)")
+    group.add_argument("--min-label-agreement", type=float, help="override the precision's threshold (a share, 0-1)")
+    group.add_argument("--max-miou-delta", type=float, help="override the precision's threshold (mIoU points)")
+
+
+def thresholds_from(args: argparse.Namespace, precision: str) -> Thresholds:
+    base = THRESHOLDS[precision]
+    return Thresholds(
+        base.min_label_agreement if args.min_label_agreement is None else args.min_label_agreement,
+        base.max_miou_delta if args.max_miou_delta is None else args.max_miou_delta,
+    )
+
+
+def extra_shapes(args: argparse.Namespace) -> list[ImageShape]:
+    return [parse_shape(s.strip(), "--parity-shapes") for s in args.parity_shapes.split(",") if s.strip()]
+
+
+def gate_artifact(
+    artifact: Path,
+    info: ArtifactInfo,
+    shape: ImageShape,
+    args: argparse.Namespace,
+    backend: str | None = None,
+    device: str = "cpu",
+    shapes: list[ImageShape] | None = None,
+) -> ParityReport:
+    """Write the sidecar, run the gate (the artifact through ``backend`` vs the FP32 PyTorch model of
+    its source checkpoint, fed the same way), record the figures in the sidecar and print them.
+    ``shapes`` replaces the default choice (:func:`parity_shapes`), e.g. by an engine's profile."""
+    write_artifact_info(artifact, info)
+    candidate = load_predictor(artifact, backend, device, allow_failed_parity=True)
+    reference = eager_predictor(info.source["checkpoint"], device, info.output_kind, info.normalization_in_graph)
+    shapes = shapes or parity_shapes(shape, set(info.dynamic_axes().values()), extra_shapes(args))
+    dataset = open_dataset(args.data, info.data, args.split) if args.data else None
+    label = f"{dataset.info.name}/{args.split or info.data.get('val_split', 'val')}" if dataset is not None else ""
+    report = run_parity(reference, candidate, shapes, thresholds_from(args, info.precision), dataset, args.parity_images, label)
+    info.parity = report.to_dict()
+    write_artifact_info(artifact, info)
+    print(report.table())
+    return report

@@ -1,0 +1,174 @@
+"""INT8 by explicit quantization: an FP32 ONNX export -> a QDQ ONNX (QuantizeLinear / DequantizeLinear
+nodes carry the scales), calibrated statically on images of a dataset, then gated against PyTorch.
+
+    python export/to_int8.py --onnx RUN/final/export/model.onnx --data camvid:../shared/data/camvid \
+        [--calibration-images 64] [--calibration-split train] [--method entropy|minmax|percentile] \
+        [--target tensorrt|onnxruntime-cpu] [--quantizer ort|modelopt] [--out FILE] [--parity-images N]
+
+Explicit quantization is the INT8 path that TensorRT 8, 10 and 11 all build (TensorRT 11 removed the
+implicit-INT8 calibrators) and that ONNX Runtime runs too. Weights are quantized per output channel,
+symmetric. ``--target`` chooses the activations:
+
+* ``tensorrt`` (default): symmetric int8 (zero point 0), which TensorRT requires; ONNX Runtime runs it,
+  but its x86 CPU kernels leave part of such a graph in float (slower there).
+* ``onnxruntime-cpu``: asymmetric uint8 activations, what ONNX Runtime's x86 kernels (VNNI / AVX2)
+  fuse fully; TensorRT rejects non-zero zero points.
+
+``--quantizer modelopt`` uses NVIDIA ModelOpt (``modelopt.onnx.quantization``, TensorRT's rules for Q/DQ
+placement) where it is installed. The gate compares with the FP32 PyTorch model (INT8 thresholds:
+labels equal on >= 95% of the pixels, mIoU within 1.0) on the split given by ``--split`` (default val).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:  # run as a file: import from the repository, not export/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime  # noqa: E402
+
+from deploy.accuracy import image_batches, open_dataset  # noqa: E402
+from deploy.artifact import ArtifactError, ArtifactInfo, read_artifact_info  # noqa: E402
+from deploy.backends import load_predictor  # noqa: E402
+from deploy.shapes import parse_shape  # noqa: E402
+from distill.checkpoint import sha256_of  # noqa: E402
+from distill.registry import ConfigError  # noqa: E402
+from export.onnx_graph import check_and_infer, graph_precision, save_atomic  # noqa: E402
+from export.parity import ParityReport, add_parity_arguments, gate_artifact  # noqa: E402
+
+METHODS = ("entropy", "minmax", "percentile")
+TARGETS = ("tensorrt", "onnxruntime-cpu")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--onnx", required=True, help="FP32 ONNX from export/to_onnx.py (with its sidecar)")
+    parser.add_argument("--calibration-images", type=int, default=64, help="how many images calibrate the ranges")
+    parser.add_argument("--calibration-split", default=None, help="split to calibrate on (default: the training split)")
+    parser.add_argument("--method", choices=METHODS, default="entropy", help="how activation ranges are chosen")
+    parser.add_argument("--target", choices=TARGETS, default="tensorrt", help="whose INT8 kernels the graph is made for")
+    parser.add_argument("--quantizer", choices=("ort", "modelopt"), default="ort", help="ONNX Runtime's tools or NVIDIA ModelOpt")
+    parser.add_argument("--out", help="file to write (default: beside the ONNX, NAME_int8.onnx)")
+    add_parity_arguments(parser)
+    args = parser.parse_args(argv)
+    if not args.data:
+        parser.error("--data is required: calibration needs real images (e.g. --data camvid:../shared/data/camvid)")
+    return args
+
+
+def calibration_inputs(args: argparse.Namespace, info: ArtifactInfo) -> list[np.ndarray]:
+    """The first N images of the calibration split, prepared exactly as the FP32 graph takes them."""
+    split = args.calibration_split or info.data.get("train_split", "train")
+    dataset = open_dataset(args.data, info.data, split)
+    fp32 = load_predictor(args.onnx, "ort-cpu")
+    batches = image_batches(dataset, info, args.calibration_images)
+    return [fp32.prepare(images).numpy() for images, _ in batches]
+
+
+def quantize_with_ort(source: Path, output: Path, inputs: list[np.ndarray], input_name: str, method: str, target: str) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(inputs)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            item = next(self.items, None)
+            return None if item is None else {input_name: item}
+
+    calibrate = {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
+    symmetric = target == "tensorrt"
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared))  # shape inference + folding (e.g. BatchNorm into Conv)
+        quantize_static(
+            str(prepared),
+            str(output),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+            calibrate_method=calibrate[method],
+            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+        )
+
+
+def quantize_with_modelopt(source: Path, output: Path, inputs: list[np.ndarray], input_name: str, method: str) -> None:
+    try:
+        from modelopt.onnx.quantization import quantize
+    except ImportError:
+        raise ConfigError("--quantizer modelopt needs NVIDIA ModelOpt: pip install nvidia-modelopt[onnx]") from None
+    if method == "percentile":
+        raise ConfigError("--quantizer modelopt calibrates with entropy or minmax ('max'), not percentile")
+    quantize(
+        str(source),
+        quantize_mode="int8",
+        calibration_data={input_name: np.concatenate(inputs)},
+        calibration_method="max" if method == "minmax" else "entropy",
+        calibration_eps=["cpu"],
+        output_path=str(output),
+    )
+
+
+def main(argv: list[str] | None = None) -> ParityReport:
+    args = parse_args(argv)
+    source = Path(args.onnx)
+    info = read_artifact_info(source)
+    if info.kind != "onnx" or info.precision != "fp32":
+        raise ArtifactError(f"--onnx {str(source)!r} is a {info.precision} {info.kind} artifact; INT8 starts from an FP32 ONNX")
+    inputs = calibration_inputs(args, info)
+    if not inputs:
+        raise ConfigError("--calibration-images: no calibration batch could be formed (is the split empty?)")
+    output = Path(args.out) if args.out else source.with_name(f"{source.stem}_int8.onnx")
+    print(f"quantizing {source} with {args.quantizer} ({args.method}, {len(inputs)} calibration batches, for {args.target})")
+    with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
+        raw = Path(tmp) / "int8.onnx"
+        if args.quantizer == "ort":
+            quantize_with_ort(source, raw, inputs, info.input.name, args.method, args.target)
+        else:
+            quantize_with_modelopt(source, raw, inputs, info.input.name, args.method)
+        graph = check_and_infer(onnx.load(str(raw)))
+    if graph_precision(graph) != "int8":
+        raise ArtifactError(f"the quantizer left no Q/DQ nodes in {str(output)!r}: nothing was quantized")
+    save_atomic(graph, output)
+    info.precision, info.parity = "int8", None
+    info.source = {**info.source, "artifact": str(source.resolve()), "artifact_sha256": sha256_of(source)}
+    info.versions["onnxruntime"] = onnxruntime.__version__
+    info.extra.update(
+        quantization={
+            "quantizer": args.quantizer,
+            "format": "QDQ",
+            "method": args.method,
+            "target": args.target,
+            "weights": "int8 per channel, symmetric",
+            "activations": "int8 symmetric" if args.target == "tensorrt" else "uint8 asymmetric",
+            "calibration": {"dataset": args.data, "split": args.calibration_split or info.data.get("train_split", "train"), "batches": len(inputs)},
+        }
+    )
+    return gate_artifact(output, info, parse_shape(info.extra["traced_at"], f"{source} sidecar: extra.traced_at"), args)
+
+
+def run(argv: list[str] | None = None) -> int:
+    try:
+        return 0 if main(argv).passed else 1
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,121 @@
+"""Export a student checkpoint to ONNX with the dynamo-based exporter, then gate it against PyTorch.
+
+    python export/to_onnx.py --checkpoint RUN/final [--shape 1x3x512x1024] [--dynamic batch,height,width]
+        [--output logits|labels] [--fold-normalize] [--precision fp32|fp16|bf16] [--opset 18] [--slim]
+        [--out FILE] [--data camvid:ROOT --parity-images N]
+
+The graph returns full-resolution logits (N, K, H, W) or int32 labels (N, H, W: the argmax runs in the
+graph, so only labels are copied back to the host); ``--fold-normalize`` makes it take uint8 NHWC
+images with the normalisation inside. The ONNX file passes ``onnx.checker`` (full check) and shape
+inference, and is written with a sidecar ``FILE.json``. The parity gate then runs it in ONNX Runtime
+(CPU) against PyTorch at the export shape, at another shape for every dynamic dimension, and on the
+images of ``--data`` if given; the exit status is 1 when it fails (the sidecar records the figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:  # run as a file: import from the repository, not export/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import onnx  # noqa: E402
+import onnxruntime  # noqa: E402
+import onnxscript  # noqa: E402
+import torch  # noqa: E402
+from torch.export import Dim  # noqa: E402
+
+from deploy.shapes import ImageShape  # noqa: E402
+from deploy.wrapper import DTYPES, INPUT_NAME, DeployModel, load_deploy_model  # noqa: E402
+from distill.registry import ConfigError  # noqa: E402
+from export.onnx_graph import check_and_infer, name_dynamic_dims, save_atomic, slim  # noqa: E402
+from export.options import add_model_arguments, export_shape, parse_dynamic, traced_shape  # noqa: E402
+from export.parity import ParityReport, add_parity_arguments, gate_artifact  # noqa: E402
+from export.shape_generic import shape_generic_pooling  # noqa: E402
+
+MIN_OPSET = 18
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
+    parser.add_argument("--precision", choices=list(DTYPES), default="fp32", help="the graph's float type (I/O stay float32 / uint8 / int32)")
+    parser.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset, {MIN_OPSET} or newer")
+    parser.add_argument("--slim", action="store_true", help="clean the graph up with onnxslim")
+    add_parity_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def example_input(model: DeployModel, shape: ImageShape) -> torch.Tensor:
+    if model.uint8_input:
+        return torch.randint(0, 256, shape.tensor_shape("NHWC"), dtype=torch.uint8)
+    return torch.randn(shape.tensor_shape("NCHW"))
+
+
+def input_axes(model: DeployModel, dynamic: set[str]) -> dict[int, str]:
+    axes = {"batch": 0, "height": 1, "width": 2} if model.uint8_input else {"batch": 0, "height": 2, "width": 3}
+    return {axes[name]: name for name in dynamic}
+
+
+def export_onnx(model: DeployModel, shape: ImageShape, dynamic: set[str], path: Path, opset: int = MIN_OPSET, use_slim: bool = False) -> None:
+    """Trace ``model`` at ``shape`` with ``dynamic`` dimensions left free and write a checked ONNX file."""
+    if opset < MIN_OPSET:
+        raise ConfigError(f"--opset {opset}: use {MIN_OPSET} or newer (the dynamo exporter's translations need it)")
+    axes = input_axes(model, dynamic)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dynamic_shapes = {INPUT_NAME: dict.fromkeys(axes, Dim.DYNAMIC)} if axes else None
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp, shape_generic_pooling(), torch.no_grad():
+        raw = Path(tmp) / "raw.onnx"
+        torch.onnx.export(
+            model,
+            (example_input(model, shape),),
+            str(raw),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[model.output],
+            dynamic_shapes=dynamic_shapes,
+            external_data=False,
+            optimize=True,
+            verbose=False,
+        )
+        graph = onnx.load(str(raw))
+    name_dynamic_dims(graph, axes)
+    graph = check_and_infer(slim(graph) if use_slim else graph)
+    save_atomic(graph, path)
+
+
+def default_path(args: argparse.Namespace) -> Path:
+    name = "model" + ("_labels" if args.output == "labels" else "") + ("_u8" if args.fold_normalize else "")
+    name += "" if args.precision == "fp32" else f"_{args.precision}"
+    return Path(args.checkpoint) / "export" / f"{name}.onnx"
+
+
+def main(argv: list[str] | None = None) -> ParityReport:
+    args = parse_args(argv)
+    dynamic = parse_dynamic(args.dynamic)
+    model, meta = load_deploy_model(args.checkpoint, args.output, args.fold_normalize, args.precision)
+    shape = export_shape(args, meta)
+    path = Path(args.out) if args.out else default_path(args)
+    print(f"exporting {args.checkpoint} at {shape} (dynamic: {', '.join(sorted(dynamic)) or 'none'}) to {path}")
+    export_onnx(model, shape, dynamic, path, args.opset, args.slim)
+    info = model.artifact_info("onnx", meta, args.checkpoint, traced_shape(shape, dynamic))
+    info.versions.update(onnx=onnx.__version__, onnxscript=onnxscript.__version__, onnxruntime=onnxruntime.__version__)
+    info.extra.update(opset=args.opset, exporter="torch.onnx.export(dynamo=True)", slim=args.slim, traced_at=str(shape))
+    return gate_artifact(path, info, shape, args)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Exit status: 0 exported and passed, 1 parity failed, 2 bad input."""
+    try:
+        return 0 if main(argv).passed else 1
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(run())
