@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 
 from distill.checkpoint import atomic_write_text, load_model
-from distill.config import DataConfig, EvalConfig, parse_dataclass
+from distill.config import DataConfig, EnergyConfig, EvalConfig, parse_dataclass
 from distill.data import build_dataset
 from distill.data.loader import eval_loader
+from distill.energy import start_meter
 from distill.evaluation import confusion_matrix
 from distill.inference import predict
 from distill.plots import colourise, denormalise, iou_bar_chart, overlay_strip
@@ -43,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--overlays", type=int, default=4, help="how many overlay pictures to write")
     parser.add_argument("--output", help="output folder")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--country", default=EnergyConfig.country_iso_code, help="ISO alpha-3 code: electricity mix for the CO2 figure")
+    parser.add_argument("--no-energy", action="store_true", help="skip the energy measurement (codecarbon, when installed)")
     return parser.parse_args(argv)
 
 
@@ -81,7 +84,9 @@ def main(argv: list[str] | None = None) -> dict:
         flip=args.flip,
     )
     loader = eval_loader(dataset, data_cfg)
+    meter = start_meter(EnergyConfig(enabled=False if args.no_energy else None, country_iso_code=args.country), where="--country")
     metrics = confusion_matrix(model, loader, info.num_classes, info.ignore_index, eval_cfg, device, progress=True).result()
+    energy = meter.stop(images=len(dataset)) if meter is not None else None
 
     out = Path(args.output) if args.output else Path(args.checkpoint) / f"eval_{split}"
     (out / "overlays").mkdir(parents=True, exist_ok=True)
@@ -95,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
         "pixel_accuracy": metrics.pixel_accuracy,
         "mean_accuracy": metrics.mean_accuracy,
         "iou": dict(zip(info.classes, metrics.iou, strict=True)),
+        "energy": energy,
     }
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2))
     iou_bar_chart(list(info.classes), metrics.iou, f"{info.name} {split}: {Path(args.checkpoint).name}", out / "iou.png")

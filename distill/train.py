@@ -37,6 +37,7 @@ from distill.checkpoint import (
 from distill.config import Config, config_to_dict, load_config, save_config
 from distill.data import build_dataset
 from distill.data.loader import DataPosition, eval_loader, train_loader
+from distill.energy import start_meter
 from distill.evaluation import confusion_matrix
 from distill.losses import Criterion, LossContext, TaskLoss, build_criterion
 from distill.metrics import SegMetrics
@@ -141,6 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+    # Energy of the training (setup included; all processes' when there are several), then of the final evaluation.
+    meter = start_meter(cfg.train.energy, whole_machine=world > 1) if main_process else None
 
     # ---- data, models, losses -------------------------------------------------------------------
     train_set, val_set = build_dataset(cfg.data, cfg.data.train_split), build_dataset(cfg.data, cfg.data.val_split)
@@ -200,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     last_logged = time.perf_counter()
 
     # ---- the loop -------------------------------------------------------------------------------
+    first_step = step
     try:
         while step < total:
             lr = learning_rate(step, total, cfg.train.optimizer.lr, cfg.train.schedule)
@@ -290,7 +294,11 @@ def main(argv: list[str] | None = None) -> dict:
             samples_log.close()
 
     # ---- final model and report -----------------------------------------------------------------
+    energy = {"train": {**meter.stop(), "steps": step - first_step}} if meter is not None else None
+    meter = start_meter(cfg.train.energy, whole_machine=world > 1) if main_process else None
     metrics = evaluate(accelerator, unwrapped.student, val_loader, info, cfg)
+    if meter is not None:
+        energy["eval"] = meter.stop(images=len(val_set))
     result = {
         "miou": metrics.miou,
         "pixel_accuracy": metrics.pixel_accuracy,
@@ -299,6 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
         "best_step": progress["best_step"],
         "parameters": count_parameters(unwrapped.student),
         "history": progress["history"],
+        "energy": energy,
     }
     if main_process:
         save_model(unwrapped.student, run_dir / "final", cfg.model, info, model_extra(cfg, step, metrics))
