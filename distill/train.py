@@ -90,6 +90,34 @@ def dry_run(student: nn.Module, teacher: nn.Module | None, images: torch.Tensor)
     return s_out, t_out
 
 
+def stop_if_not_finite(accelerator: Accelerator, parts: dict[str, torch.Tensor], step: int, run_dir: Path) -> None:
+    """Raise :class:`NonFiniteLoss` (before any optimiser step uses them) if a loss part is not finite anywhere."""
+    local = torch.stack(list(parts.values()))
+    if bool(accelerator.reduce(torch.isfinite(local).all().float(), "min")):
+        return
+    values = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+    last = state_dirs(run_dir)
+    kept = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written yet"
+    raise NonFiniteLoss(
+        f"the loss is not finite at step {step + 1} ({values}); stopping. Lower the learning rate or "
+        f"enable gradient clipping (train.grad_clip); {kept}, resume from it with --resume"
+    )
+
+
+def discriminator_backward(
+    accelerator: Accelerator, adversary: nn.Module, outputs: list[tuple[SegOutput, SegOutput]]
+) -> dict[str, torch.Tensor]:
+    """Gradients of the discriminators' losses over a step's micro-batches; their mean values by name."""
+    sums: dict[str, torch.Tensor] = {}
+    for i, (student_out, teacher_out) in enumerate(outputs):
+        with nullcontext() if i == len(outputs) - 1 else accelerator.no_sync(adversary):
+            parts = adversary(student_out, teacher_out)
+            accelerator.backward(sum(parts.values()) / len(outputs))
+        for name, value in parts.items():
+            sums[name] = sums.get(name, 0) + value.detach() / len(outputs)
+    return sums
+
+
 def evaluate(accelerator: Accelerator, model: nn.Module, loader, info, cfg: Config) -> SegMetrics:
     matrix = confusion_matrix(model, loader, info.num_classes, info.ignore_index, cfg.eval, accelerator.device)
     matrix.counts = accelerator.reduce(matrix.counts, reduction="sum")
@@ -209,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
             lr = learning_rate(step, total, cfg.train.optimizer.lr, cfg.train.schedule)
             set_learning_rate(optimizer, lr)
             sums: dict[str, torch.Tensor] = {}
-            d_sums: dict[str, torch.Tensor] = {}
+            outputs = []  # (student, teacher) outputs of each micro-batch, for a discriminator step
             for micro in range(cfg.train.grad_accum):
                 images, labels, indices = next(data)
                 if samples_log is not None:
@@ -229,31 +257,23 @@ def main(argv: list[str] | None = None) -> dict:
                     accelerator.backward(loss / cfg.train.grad_accum)
                 for name, value in parts.items():
                     sums[name] = sums.get(name, 0) + value.detach() / cfg.train.grad_accum
-                if adversary is not None:
-                    # The discriminators' gradients, on this micro-batch's outputs (the student's detached).
-                    with nullcontext() if sync else accelerator.no_sync(adversary):
-                        d_parts = adversary(student_out, teacher_out)
-                        accelerator.backward(sum(d_parts.values()) / cfg.train.grad_accum)
-                    for name, value in d_parts.items():
-                        d_sums[name] = d_sums.get(name, 0) + value.detach() / cfg.train.grad_accum
-            local = torch.stack([*sums.values(), *d_sums.values()])
-            if not bool(accelerator.reduce(torch.isfinite(local).all().float(), "min")):
-                values = ", ".join(f"{k}={float(v):.4g}" for k, v in [*sums.items(), *d_sums.items()])
-                last = state_dirs(run_dir)
-                kept = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written yet"
-                raise NonFiniteLoss(
-                    f"the loss is not finite at step {step + 1} ({values}); stopping. Lower the learning rate or "
-                    f"enable gradient clipping (train.grad_clip); {kept}, resume from it with --resume"
-                )
+                outputs.append((student_out, teacher_out))
+            stop_if_not_finite(accelerator, sums, step, run_dir)
             if cfg.train.grad_clip is not None:
                 accelerator.clip_grad_norm_(objective.parameters(), cfg.train.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            d_sums: dict[str, torch.Tensor] = {}
             if adversary is not None:
+                # After the student's step, as SKD: the discriminators learn on the same outputs (the
+                # student's detached), with their own optimiser.
+                d_sums = discriminator_backward(accelerator, adversary, outputs)
+                stop_if_not_finite(accelerator, d_sums, step, run_dir)
                 d_cfg = cfg.train.discriminator
                 set_learning_rate(d_optimizer, learning_rate(step, total, d_cfg.optimizer.lr, d_cfg.schedule))
                 d_optimizer.step()
                 d_optimizer.zero_grad(set_to_none=True)
+            local = torch.stack([*sums.values(), *d_sums.values()])
             step += 1
             bar.update(1)
 

@@ -72,6 +72,11 @@ class AdversarialLoss(DistillLoss):
         super().__init__(params, student_shape, teacher_shape)
         object.__setattr__(self, "discriminator", discriminator)  # bypasses nn.Module registration, see above
 
+    def _apply(self, fn, recurse: bool = True):
+        # .to(device) / .double() still move the discriminator with its loss, though it is not a submodule
+        self.discriminator._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
     def discriminator_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         """The discriminator's loss on the (detached) student tensor and the teacher tensor."""
         raise NotImplementedError

@@ -82,10 +82,8 @@ class CIRKDMemory(DistillLoss):
         if len(student_shape) != 4 or student_shape[2:] != teacher_shape[2:]:
             raise ConfigError("expected student and teacher features of one spatial size (the same output stride)")
         sizes = (params.pixel_memory, params.region_memory, params.pixel_contrast, params.region_contrast, params.pixels_per_class)
-        if min(sizes) < 1 or params.pixels_per_class > params.pixel_memory or params.tau <= 0 or params.kd_temperature <= 0:
-            raise ConfigError(
-                f"expected positive sizes with pixels_per_class <= pixel_memory and positive temperatures, got {params}"
-            )
+        if min(sizes) < 1 or params.tau <= 0 or params.kd_temperature <= 0:
+            raise ConfigError(f"expected positive sizes and temperatures, got {params}")
         c_s, c_t = student_shape[1], teacher_shape[1]
         self.num_classes = num_classes
         self.projection = nn.Sequential(
@@ -100,7 +98,8 @@ class CIRKDMemory(DistillLoss):
     def enqueue(self, teacher: torch.Tensor, labels: torch.Tensor) -> None:
         """FIFO update of both queues from the normalised teacher embeddings of every process's batch."""
         teacher, labels = gather_from_all_processes(teacher), gather_from_all_processes(labels)
-        keep, pixel_size, region_size = self.params.pixels_per_class, self.params.pixel_memory, self.params.region_memory
+        pixel_size, region_size = self.params.pixel_memory, self.params.region_memory
+        keep = min(self.params.pixels_per_class, pixel_size)
         for feature, label in zip(teacher.flatten(2), labels.flatten(1), strict=True):
             present = torch.unique(label[(label >= 0) & (label < self.num_classes)]).tolist()
             for k in present:
