@@ -368,12 +368,17 @@ def _looks_like_float(text: str) -> bool:
     return any(c in text.lower() for c in ".e") and text.lower() not in ("nan", "inf", "-inf")
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Read a YAML file (or start from defaults when ``path`` is None) and apply overrides."""
+def read_values(path: str | Path | None, overrides: list[str] = ()) -> dict:
+    """The plain mapping of a YAML file (with its ``base`` chain; {} when ``path`` is None) plus overrides."""
     values = _read_yaml(Path(path)) if path is not None else {}
     for override in overrides:
         apply_override(values, override)
-    return parse_config(values)
+    return values
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML file (or start from defaults when ``path`` is None) and apply overrides."""
+    return parse_config(read_values(path, overrides))
 
 
 def config_to_dict(cfg: Any) -> Any:
