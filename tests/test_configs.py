@@ -1,0 +1,73 @@
+"""Every preset under configs/ loads, names only registered losses, and (for the distillation presets) builds:
+the student, the teacher of the preset that trains it, and every loss from a dry-run forward of both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.config import Config, ModelConfig, load_config
+from distill.losses import LOSSES, TaskLoss, build_criterion
+from distill.models import SegOutput, build_model
+from tests.conftest import ROOT
+
+PRESETS = sorted((ROOT / "configs").rglob("*.yaml"))
+NUM_CLASSES = 5  # any class count: the shapes the losses check do not depend on it
+PROBE_SIZE = 128  # c4 of an output-stride-8 model: 16x16, enough for Af-DCD's 4x4 pool + 4x4 patches
+
+
+def preset_id(path: Path) -> str:
+    return str(path.relative_to(ROOT / "configs"))
+
+
+def load(path: Path) -> Config:
+    return load_config(path, ["model.pretrained=null"])
+
+
+def test_there_are_presets_for_every_dataset() -> None:
+    folders = {p.parent.name for p in PRESETS}
+    assert {"demo", "camvid", "cityscapes", "ade20k", "voc", "cocostuff"} <= folders
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=preset_id)
+def test_preset_loads_with_registered_losses(path: Path) -> None:
+    cfg = load_config(path)
+    for loss in cfg.losses:
+        assert loss.name in LOSSES
+    if cfg.losses:
+        assert cfg.teacher is not None
+
+
+def trained_by() -> dict[str, Path]:
+    """Checkpoint folder -> the preset whose run writes it (its output_dir/final)."""
+    return {str(Path(load_config(p).output_dir) / "final"): p for p in PRESETS}
+
+
+_outputs: dict[str, SegOutput] = {}
+
+
+def dry_run(model: ModelConfig) -> SegOutput:
+    """The outputs of one forward of a randomly initialised model (cached: teachers recur across presets)."""
+    key = repr(model)
+    if key not in _outputs:
+        torch.manual_seed(0)
+        net = build_model(model, NUM_CLASSES).eval()
+        with torch.no_grad():
+            _outputs[key] = net(torch.randn(2, 3, PROBE_SIZE, PROBE_SIZE))
+    return _outputs[key]
+
+
+DISTILLATION_PRESETS = [p for p in PRESETS if load_config(p).losses]
+
+
+@pytest.mark.parametrize("path", DISTILLATION_PRESETS, ids=preset_id)
+def test_distillation_preset_builds_its_losses(path: Path) -> None:
+    cfg = load(path)
+    teacher_preset = trained_by().get(cfg.teacher.checkpoint)
+    assert teacher_preset is not None, f"no preset under configs/ trains the teacher {cfg.teacher.checkpoint!r}"
+    teacher_cfg = load(teacher_preset)
+    assert not teacher_cfg.losses and teacher_cfg.data.name == cfg.data.name
+    criterion = build_criterion(cfg.losses, TaskLoss(255), dry_run(cfg.model), dry_run(teacher_cfg.model))
+    assert len(criterion.terms) == len(cfg.losses)
