@@ -1,0 +1,80 @@
+"""Where a study lives: an Optuna RDB storage plus a study folder.
+
+* The storage holds the trials (parameters, seeds, states, values, errors, metrics, energy). By default it
+  is the SQLite file ``STUDY/study.db``; ``--storage postgresql://USER:PASSWORD@HOST/DB`` (any SQLAlchemy
+  URL Optuna accepts; PostgreSQL needs ``pip install psycopg2-binary``) lets workers on several machines
+  share one study.
+* The folder holds ``study.json`` (the storage URL, the study's name and its setup: base config, space,
+  seeds, overrides) and ``runs/NNNN/``, one ordinary run folder per trial.
+
+Workers send a heartbeat while a trial runs. A trial whose heartbeat stops (its worker was killed) is
+marked failed by the next worker that looks, and re-queued with the same parameters (Optuna's
+``RetryHeartbeatStaleTrialCallback``); the retry resumes the run folder's checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+from distill.registry import ConfigError
+
+STUDY_FILE = "study.json"
+MAX_RETRIES = 3  # a trial whose worker keeps dying (e.g. killed for memory) is not retried forever
+
+
+def default_storage(study_dir: Path) -> str:
+    return f"sqlite:///{(study_dir / 'study.db').resolve()}"
+
+
+def open_storage(url: str, heartbeat_s: int) -> RDBStorage:
+    engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since Optuna 2.9
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_s,
+            grace_period=3 * heartbeat_s,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
+        )
+
+
+def create_study(study_dir: Path, name: str, url: str, setup: dict[str, Any], heartbeat_s: int) -> optuna.Study:
+    """Create the study, or open it to resume when it exists with the same setup (else ConfigError)."""
+    study_dir.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(url, heartbeat_s)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+    existing = study.user_attrs.get("setup")
+    if existing is None:
+        study.set_user_attr("setup", setup)
+    elif existing != setup:
+        changed = sorted(k for k in setup if existing.get(k) != setup[k])
+        raise ConfigError(
+            f"study {name!r} in {url} was started with a different {', '.join(changed)}; resume it with the same "
+            "command, or start a new study (another --study folder or --name)"
+        )
+    from distill.checkpoint import atomic_write_text  # here: workers only read the file, without torch
+
+    info = {"name": name, "storage": url, "heartbeat_s": heartbeat_s, "setup": setup}
+    atomic_write_text(study_dir / STUDY_FILE, json.dumps(info, indent=2))
+    return study
+
+
+def read_study_file(study_dir: Path) -> dict[str, Any]:
+    path = study_dir / STUDY_FILE
+    if not path.is_file():
+        raise ConfigError(f"{str(study_dir)!r} is not a study folder: {str(path)!r} does not exist (run distill/sweep.py first)")
+    return json.loads(path.read_text())
+
+
+def load_study(study_dir: Path, sampler: optuna.samplers.BaseSampler | None = None) -> tuple[optuna.Study, dict[str, Any]]:
+    """The study of a study folder and the content of its study.json (name, storage, heartbeat_s, setup)."""
+    info = read_study_file(study_dir)
+    storage = open_storage(info["storage"], info["heartbeat_s"])
+    return optuna.load_study(study_name=info["name"], storage=storage, sampler=sampler), info
