@@ -446,3 +446,10 @@ def test_trains_through_the_real_trainer(losses: str, tiny_teacher: Path, tmp_pa
     learnable = [k for k in after if k.startswith("criterion.") and k.endswith("weight")]
     assert all(not torch.equal(before[k], after[k]) for k in learnable)  # adapters and generators learn
     assert bool(learnable) == ("head" in losses or "mgd" in losses or "afdcd" in losses)
+
+
+def test_impossible_binding_stops_before_training(tiny_teacher: Path, tmp_path: Path) -> None:
+    # the tiny teacher's c4 has 256 channels: 7 groups do not divide them
+    with pytest.raises(ConfigError, match=r"losses\[0\]: loss 'afdcd' \(student 'c4'.*groups=7"):
+        main([*TINY, f"output_dir={tmp_path}", f"teacher.checkpoint={tiny_teacher}", "losses=[{name: afdcd, params: {groups: 7, pool: 1, patch: 2}}]"])
+    assert not (tmp_path / "checkpoints").exists()
