@@ -23,7 +23,7 @@ def pooling_matrix(size: int | torch.SymInt, bins: int, dtype: torch.dtype) -> t
     end = torch.div((index + 1) * size + bins - 1, bins, rounding_mode="floor")
     position = torch.arange(size)
     inside = (position[None, :] >= start[:, None]) & (position[None, :] < end[:, None])
-    return (inside.float() / (end - start)[:, None].float()).to(dtype)
+    return inside.to(dtype) / (end - start)[:, None].to(dtype)
 
 
 def adaptive_avg_pool2d_matmul(x: torch.Tensor, output_size: int | tuple[int | None, int | None]) -> torch.Tensor:

@@ -15,6 +15,7 @@ images of ``--data`` if given; the exit status is 1 when it fails (the sidecar r
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 import tempfile
 from pathlib import Path
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> ParityReport:
     export_onnx(model, shape, dynamic, path, args.opset, args.slim)
     info = model.artifact_info("onnx", meta, args.checkpoint, traced_shape(shape, dynamic))
     info.versions.update(onnx=onnx.__version__, onnxscript=onnxscript.__version__, onnxruntime=onnxruntime.__version__)
+    if args.slim:
+        info.versions["onnxslim"] = importlib.metadata.version("onnxslim")
     info.extra.update(opset=args.opset, exporter="torch.onnx.export(dynamo=True)", slim=args.slim, traced_at=str(shape))
     return gate_artifact(path, info, shape, args)
 

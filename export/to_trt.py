@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from deploy.artifact import ArtifactError, ArtifactInfo, read_artifact_info, sidecar_path  # noqa: E402
 from deploy.backends.trt_engine import gpu_description, require_cuda, tensorrt_module  # noqa: E402
 from deploy.shapes import ImageShape, accepts, parse_shape  # noqa: E402
-from distill.checkpoint import sha256_of  # noqa: E402
+from distill.checkpoint import read_metadata, sha256_of  # noqa: E402
 from distill.registry import ConfigError  # noqa: E402
 from export.onnx_graph import graph_precision  # noqa: E402
 from export.parity import ParityReport, add_parity_arguments, gate_artifact  # noqa: E402
@@ -55,6 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--opt-level", type=int, default=3, choices=range(6), help="builder optimisation level (0-5)")
     parser.add_argument("--out", help="plan file (default: beside the ONNX, NAME_PRECISION.plan)")
     parser.add_argument("--reuse", action="store_true", help="keep an existing plan built from the same ONNX here")
+    parser.add_argument("--checkpoint", help="the source checkpoint, if not where the sidecar says (e.g. mounted in a container)")
     add_parity_arguments(parser)
     return parser.parse_args(argv)
 
@@ -158,6 +159,20 @@ def reusable(plan: Path, facts: dict[str, Any]) -> bool:
     return all(built.get(k) == v for k, v in facts.items())
 
 
+def locate_checkpoint(info: ArtifactInfo, override: str | None) -> None:
+    """The parity gate's reference is the source checkpoint: find it before a long build, and accept a
+    copy elsewhere only if its weights are the ones the ONNX was exported from."""
+    path = Path(override or info.source["checkpoint"])
+    if not (path / "model.json").is_file():
+        raise ArtifactError(
+            f"the source checkpoint {str(path)!r} (the parity gate's reference) is not here: pass --checkpoint FOLDER"
+        )
+    weights = read_metadata(path).get("weights_sha256")
+    if weights != info.source["weights_sha256"]:
+        raise ArtifactError(f"checkpoint {str(path)!r} has other weights (SHA-256 {weights}) than the ONNX was exported from")
+    info.source["checkpoint"] = str(path.resolve())
+
+
 def main(argv: list[str] | None = None) -> ParityReport | None:
     args = parse_args(argv)
     onnx_path = Path(args.onnx)
@@ -171,6 +186,7 @@ def main(argv: list[str] | None = None) -> ParityReport | None:
             f"--precision {precision}: the ONNX is an {graph} graph and precision comes from the graph. "
             + ("For INT8 quantize it first: python export/to_int8.py --onnx ..." if precision == "int8" else f"Use --precision {graph}.")
         )
+    locate_checkpoint(info, args.checkpoint)
     traced = parse_shape(info.extra["traced_at"], f"{onnx_path} sidecar: extra.traced_at")
     shapes = profile_shapes(args, info, traced)
     trt = tensorrt_module()

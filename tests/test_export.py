@@ -1,0 +1,211 @@
+"""Export: ONNX (PSPNet and DeepLabV3 heads, dynamic shapes), QDQ INT8, TensorRT's clear failure here, and the parity
+gate, on tiny LCNet students saved as real checkpoints. The dynamo exports are shared per module."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deploy.artifact import ArtifactError, read_artifact_info, sidecar_path
+from deploy.backends import load_predictor
+from deploy.backends.torch_modules import eager_predictor
+from deploy.shapes import ImageShape
+from distill.checkpoint import read_metadata, save_model, sha256_of
+from distill.config import DataConfig, ModelConfig, config_to_dict
+from distill.data.base import DatasetInfo
+from distill.data.synthetic import CLASSES, IGNORE_INDEX, PALETTE
+from distill.models import build_model
+from export import to_int8, to_onnx, to_trt
+from export.parity import THRESHOLDS, run_parity
+from export.shape_generic import adaptive_avg_pool2d_matmul
+from tests.conftest import run_python
+
+SIZE = (40, 56)  # synthetic validation scenes, H x W
+PARITY = ["--data", "synthetic", "--parity-images", "3"]
+
+
+def save_student(folder: Path, head: str, seed: int) -> Path:
+    """A random-initialised LCNet-0.5 student saved exactly as training saves one."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(backbone="lcnet_050", head=head, head_channels=16, output_stride=8)
+    model = build_model(cfg, len(CLASSES)).eval()
+    data = DataConfig(crop_size=SIZE)
+    data.synthetic.size, data.synthetic.num_val = SIZE, 3
+    extra = {"mean": list(data.mean), "std": list(data.std), "data": config_to_dict(data)}
+    save_model(model, folder, cfg, DatasetInfo("synthetic", CLASSES, PALETTE, IGNORE_INDEX), extra)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def psp_labels_dynamic(tmp_path_factory) -> tuple[Path, Path, object]:
+    """PSPNet head, uint8 NHWC in, int32 labels out, every dimension dynamic."""
+    checkpoint = save_student(tmp_path_factory.mktemp("psp"), "psp", seed=1)
+    out = checkpoint / "psp.onnx"
+    report = to_onnx.main(
+        ["--checkpoint", str(checkpoint), "--dynamic", "batch,height,width", "--output", "labels", "--fold-normalize", "--out", str(out), *PARITY]
+    )
+    return checkpoint, out, report
+
+
+@pytest.fixture(scope="module")
+def aspp_logits(tmp_path_factory) -> tuple[Path, Path]:
+    """DeepLabV3 (ASPP) head, float NCHW in, logits out, height and width dynamic, batch fixed at 1."""
+    checkpoint = save_student(tmp_path_factory.mktemp("aspp"), "aspp", seed=2)
+    out = checkpoint / "aspp.onnx"
+    assert to_onnx.run(["--checkpoint", str(checkpoint), "--dynamic", "height,width", "--slim", "--out", str(out), *PARITY]) == 0
+    return checkpoint, out
+
+
+def pooled_by_definition(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Adaptive average pooling from its definition: bin i covers [floor(i H / b), ceil((i + 1) H / b))."""
+    n, c, h, w = x.shape
+    out = np.zeros((n, c, out_h, out_w))
+    for i in range(out_h):
+        r0, r1 = (i * h) // out_h, -((-(i + 1) * h) // out_h)
+        for j in range(out_w):
+            c0, c1 = (j * w) // out_w, -((-(j + 1) * w) // out_w)
+            out[:, :, i, j] = x[:, :, r0:r1, c0:c1].mean(axis=(2, 3))
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 23), st.integers(1, 23), st.integers(1, 7), st.integers(1, 7))
+def test_shape_generic_pooling_is_adaptive_average_pooling(h: int, w: int, out_h: int, out_w: int) -> None:
+    x = torch.randn(2, 3, h, w, dtype=torch.float64)
+    got = adaptive_avg_pool2d_matmul(x, (out_h, out_w))
+    np.testing.assert_allclose(got.numpy(), pooled_by_definition(x.numpy(), out_h, out_w), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got, F.adaptive_avg_pool2d(x, (out_h, out_w)))
+    torch.testing.assert_close(adaptive_avg_pool2d_matmul(x, (None, out_w)), F.adaptive_avg_pool2d(x, (None, out_w)))
+
+
+def test_dynamic_psp_graph_is_right_at_every_shape(psp_labels_dynamic) -> None:
+    checkpoint, path, report = psp_labels_dynamic
+    assert report.passed, report.table()
+    random_shapes = {c.shape for c in report.checks if c.inputs == "random"}
+    assert len(random_shapes) >= 2 and all(c.label_agreement == 1.0 for c in report.checks)
+    dataset = [c for c in report.checks if c.inputs == "synthetic/val"]
+    assert dataset and dataset[0].images == 3 and dataset[0].miou_artifact == pytest.approx(dataset[0].miou_reference)
+
+    graph = onnx.load(str(path))
+    assert next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 18
+    (inp,), (out,) = graph.graph.input, graph.graph.output
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8 and out.type.tensor_type.elem_type == onnx.TensorProto.INT32
+    assert [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim] == ["batch", "height", "width", 3]
+
+    # A shape the gate did not use, with bin sizes that do not divide the pooled map.
+    artifact = load_predictor(path, "ort-cpu")
+    reference = eager_predictor(checkpoint, output="labels", uint8_input=True)
+    images = np.random.default_rng(5).integers(0, 256, size=(3, 77, 45, 3), dtype=np.uint8)
+    assert np.array_equal(artifact.predict(images), reference.predict(images))
+
+
+def test_sidecar_links_the_artifact_to_its_checkpoint(aspp_logits) -> None:
+    checkpoint, path = aspp_logits
+    info = read_artifact_info(path)
+    assert info.sha256 == sha256_of(path)
+    assert info.source["weights_sha256"] == read_metadata(checkpoint)["weights_sha256"]
+    assert info.input.shape == [1, 3, "height", "width"] and info.output.shape == [1, len(CLASSES), "height", "width"]
+    assert info.classes == list(CLASSES) and info.parity["passed"] and info.extra["slim"] and info.versions["onnxslim"]
+    assert len(info.parity["checks"]) == 3 and all(c["max_abs_error"] < 1e-4 for c in info.parity["checks"])
+    predictor = load_predictor(path)
+    with pytest.raises(ArtifactError, match="does not fit"):
+        predictor.predict(np.zeros((2, 32, 32, 3), np.uint8))
+    path.write_bytes(path.read_bytes() + b"\0")  # replaced after export: the hash no longer matches
+    with pytest.raises(ArtifactError, match="SHA-256"):
+        read_artifact_info(path)
+    path.write_bytes(path.read_bytes()[:-1])
+
+
+def test_gate_fails_when_the_artifact_computes_something_else(aspp_logits, tmp_path) -> None:
+    _, path = aspp_logits
+    other = save_student(tmp_path / "other", "aspp", seed=3)
+    report = run_parity(eager_predictor(other), load_predictor(path), [ImageShape(1, *SIZE)], THRESHOLDS["fp32"])
+    assert not report.passed and "labels equal on" in report.failures[0]
+    assert report.checks[0].max_abs_error > 1e-2
+
+
+@pytest.mark.parametrize("target", ["tensorrt", "onnxruntime-cpu"])
+def test_int8_is_an_explicit_qdq_graph(aspp_logits, target: str) -> None:
+    _, source = aspp_logits
+    out = source.with_name(f"int8_{target}.onnx")
+    argv = ["--onnx", str(source), "--target", target, "--calibration-images", "4", "--method", "minmax", "--out", str(out), *PARITY]
+    assert to_int8.run(argv) == 0
+    graph = onnx.load(str(out))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.graph.initializer}
+    quantize = [n for n in graph.graph.node if n.op_type == "QuantizeLinear"]
+    weights = [n for n in graph.graph.node if n.op_type == "DequantizeLinear" and inits.get(n.input[0], np.zeros(0)).ndim == 4]
+    assert quantize and weights
+    for node in weights:  # per output channel, symmetric
+        assert inits[node.input[1]].shape == (inits[node.input[0]].shape[0],)
+        assert not inits[node.input[2]].any()
+    zero_points = [inits[n.input[2]] for n in quantize]
+    if target == "tensorrt":  # TensorRT needs int8 activations with zero point 0
+        assert all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    else:
+        assert all(z.dtype == np.uint8 for z in zero_points)
+    info = read_artifact_info(out)
+    assert info.precision == "int8" and info.parity["passed"]
+    assert info.source["artifact_sha256"] == sha256_of(source)
+
+
+def test_failed_gate_exits_1_and_the_artifact_is_not_deployed(aspp_logits) -> None:
+    _, source = aspp_logits
+    out = source.with_name("int8_failed.onnx")
+    argv = ["--onnx", str(source), "--calibration-images", "2", "--out", str(out), "--min-label-agreement", "1.01", *PARITY]
+    assert to_int8.run(argv) == 1
+    info = read_artifact_info(out)
+    assert info.parity["passed"] is False and info.parity["failures"]
+    with pytest.raises(ArtifactError, match="failed its parity gate"):
+        load_predictor(out)
+    assert load_predictor(out, allow_failed_parity=True).predict(np.zeros((1, *SIZE, 3), np.uint8)).shape == (1, *SIZE)
+
+
+def test_export_errors_name_the_option(aspp_logits, capsys) -> None:
+    checkpoint, source = aspp_logits
+    assert to_onnx.run(["--checkpoint", str(checkpoint), "--dynamic", "time"]) == 2
+    assert "--dynamic: unknown dimension(s) ['time']" in capsys.readouterr().err
+    assert to_onnx.run(["--checkpoint", str(checkpoint / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert to_trt.run(["--onnx", str(source), "--precision", "int8"]) == 2
+    assert "quantize it first: python export/to_int8.py" in capsys.readouterr().err
+
+
+def test_trt_needs_profile_shapes_for_a_dynamic_graph(psp_labels_dynamic, capsys) -> None:
+    _, path, _ = psp_labels_dynamic
+    assert to_trt.run(["--onnx", str(path)]) == 2
+    assert "--shapes MIN/OPT/MAX is needed" in capsys.readouterr().err
+    assert to_trt.run(["--onnx", str(path), "--shapes", "1x3x64x64/1x3x32x32/1x3x96x96"]) == 2
+    assert "MIN <= OPT <= MAX" in capsys.readouterr().err
+
+
+def test_to_trt_without_tensorrt_says_what_to_install(aspp_logits) -> None:
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here: the build itself is tested by test_trt_engine_matches_pytorch")
+    _, source = aspp_logits
+    result = run_python(["export/to_trt.py", "--onnx", str(source)], timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "TensorRT is not installed" in result.stderr and "docker build" in result.stderr
+
+
+def test_trt_engine_matches_pytorch(aspp_logits, tmp_path) -> None:
+    trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (it needs NVIDIA's packages and a GPU)")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU: TensorRT engines are built on the GPU that runs them")
+    _, source = aspp_logits
+    plan, cache = tmp_path / "aspp.plan", tmp_path / "timing.cache"
+    shapes = f"1x3x32x32/1x3x{SIZE[0]}x{SIZE[1]}/1x3x96x96"
+    argv = ["--onnx", str(source), "--shapes", shapes, "--out", str(plan), "--timing-cache", str(cache), *PARITY]
+    assert to_trt.run(argv) == 0
+    info = read_artifact_info(plan)
+    assert info.extra["tensorrt"]["version"] == trt.__version__ and info.parity["passed"] and cache.is_file()
+    assert to_trt.run([*argv, "--reuse"]) == 0
+    assert json.loads(sidecar_path(plan).read_text())["sha256"] == sha256_of(plan)
