@@ -46,6 +46,8 @@ class Predictor(ABC):
 
     def prepare(self, images: np.ndarray) -> torch.Tensor:
         """uint8 (N, H, W, 3) host images -> the artifact's input on its device."""
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ArtifactError(f"{self.name} predicts from uint8 images (N, H, W, 3), not {images.dtype} {images.shape}")
         self.check_shape(ImageShape(images.shape[0], images.shape[1], images.shape[2]))
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         if self.info.normalization_in_graph:

@@ -25,6 +25,7 @@ from deploy.backends.torch_modules import eager_predictor
 from deploy.predictor import Predictor
 from deploy.shapes import ImageShape, parse_shape
 from distill.metrics import ConfusionMatrix
+from distill.registry import ConfigError
 
 
 @dataclass(frozen=True)
@@ -107,14 +108,21 @@ def parity_shapes(export: ImageShape, dynamic: set[str], extra: list[ImageShape]
     return shapes + [s for s in extra if s not in shapes]
 
 
-def compare(reference: Predictor, artifact: Predictor, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, float | None]:
+def raw_outputs(predictor: Predictor, images: np.ndarray) -> np.ndarray:
+    return predictor.to_numpy(predictor.forward(predictor.prepare(images)))
+
+
+def compare(reference: np.ndarray, artifact: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray, float | None]:
     """Labels of both (int32 N, H, W) and the largest logit difference (None for label outputs)."""
-    ref_out = reference.to_numpy(reference.forward(reference.prepare(images)))
-    art_out = artifact.to_numpy(artifact.forward(artifact.prepare(images)))
-    if reference.info.output_kind == "labels":
-        return ref_out.astype(np.int32), art_out.astype(np.int32), None
-    error = float(np.abs(ref_out.astype(np.float64) - art_out.astype(np.float64)).max())
-    return ref_out.argmax(1).astype(np.int32), art_out.argmax(1).astype(np.int32), error
+    if kind == "labels":
+        return reference.astype(np.int32), artifact.astype(np.int32), None
+    error = float(np.abs(reference.astype(np.float64) - artifact.astype(np.float64)).max())
+    return reference.argmax(1).astype(np.int32), artifact.argmax(1).astype(np.int32), error
+
+
+def first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def run_parity(
@@ -131,16 +139,23 @@ def run_parity(
     rng = np.random.default_rng(seed)
     for shape in shapes:
         images = rng.integers(0, 256, size=(shape.batch, shape.height, shape.width, 3), dtype=np.uint8)
+        expected = raw_outputs(reference, images)
         try:
-            ref, art, error = compare(reference, artifact, images)
+            got = raw_outputs(artifact, images)
         except Exception as err:  # whatever the artifact raises at a shape fails the gate, with its message
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            report.checks.append(ParityCheck("random", str(shape), shape.batch, 0.0, error=message))
-            report.failures.append(f"{artifact.name} failed at shape {shape}: {message}")
+            report.checks.append(ParityCheck("random", str(shape), shape.batch, 0.0, error=first_line(err)))
+            report.failures.append(f"{artifact.name} failed at shape {shape}: {first_line(err)}")
             continue
+        ref, art, error = compare(expected, got, reference.info.output_kind)
         report.checks.append(ParityCheck("random", str(shape), shape.batch, float((ref == art).mean()), error))
     if dataset is not None:
-        report.checks.append(dataset_check(reference, artifact, dataset, max_images, dataset_label))
+        try:
+            report.checks.append(dataset_check(reference, artifact, dataset, max_images, dataset_label))
+        except ConfigError:  # the user's data (a missing file, other classes): their error, not the artifact's
+            raise
+        except Exception as err:  # the artifact failed on a real image
+            report.checks.append(ParityCheck(dataset_label, "-", 0, 0.0, error=first_line(err)))
+            report.failures.append(f"{artifact.name} failed on {dataset_label}: {first_line(err)}")
     for check in report.checks:
         if check.error is None and check.label_agreement < thresholds.min_label_agreement:
             report.failures.append(
@@ -165,7 +180,7 @@ def dataset_check(
     errors: list[float] = []
     shapes: set[str] = set()
     for batch, labels in image_batches(dataset, artifact.info, max_images):
-        ref, art, error = compare(reference, artifact, batch)
+        ref, art, error = compare(raw_outputs(reference, batch), raw_outputs(artifact, batch), reference.info.output_kind)
         equal, total, images = equal + int((ref == art).sum()), total + ref.size, images + len(batch)
         errors += [] if error is None else [error]
         shapes.add(str(ImageShape(*batch.shape[:3])))
