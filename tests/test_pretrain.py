@@ -20,10 +20,11 @@ from distill.config import ModelConfig
 from distill.data.base import DatasetError
 from distill.kdep import PooledFeature, fit_basis, kdep_loss, kdep_target, power_temperature_scaling
 from distill.models import build_model
+from distill.pretrain import load_pretrain_config
 from distill.pretrain import main as pretrain
 from distill.registry import ConfigError
 from distill.train import main as train
-from tests.conftest import TINY
+from tests.conftest import ROOT, TINY
 
 TEACHER = "teacher={name: resnet10t, kwargs: {channels: [8, 16, 32, 48]}}"  # 48-d features
 STUDENT_KWARGS = {"channels": [8, 8, 16, 16]}  # 16-d features
@@ -190,3 +191,9 @@ def test_synthetic_images_and_bad_folders(tmp_path: Path) -> None:
         pretrain([*common, f"data.root={tmp_path / 'empty'}", f"output_dir={tmp_path / 'x'}"])
     with pytest.raises(ConfigError, match="needs at least as many teacher features"):
         pretrain([*common, "data.synthetic.num_train=20", "svd.images=10", f"output_dir={tmp_path / 'y'}"])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs/kdep").glob("*.yaml")), ids=lambda p: p.name)
+def test_kdep_presets_load(path: Path) -> None:
+    cfg = load_pretrain_config(path)
+    assert cfg.loss_weight > 0 and cfg.teacher.name and cfg.student.name and cfg.lr_steps == pytest.approx([1 / 3, 2 / 3])
