@@ -25,6 +25,7 @@ from distill.data.base import DatasetInfo
 from distill.data.synthetic import CLASSES, IGNORE_INDEX, PALETTE
 from distill.models import build_model
 from export import to_int8, to_onnx, to_trt
+from export.onnx_graph import graph_precision
 from export.parity import THRESHOLDS, run_parity
 from export.shape_generic import adaptive_avg_pool2d_matmul
 from tests.conftest import run_python
@@ -123,6 +124,20 @@ def test_sidecar_links_the_artifact_to_its_checkpoint(aspp_logits) -> None:
     with pytest.raises(ArtifactError, match="SHA-256"):
         read_artifact_info(path)
     path.write_bytes(path.read_bytes()[:-1])
+
+
+def test_fp16_graph_for_strongly_typed_engines(tmp_path) -> None:
+    checkpoint = save_student(tmp_path / "student", "fcn", seed=6)
+    out = tmp_path / "fp16.onnx"
+    assert to_onnx.run(["--checkpoint", str(checkpoint), "--precision", "fp16", "--shape", "1x3x32x48", "--out", str(out)]) == 0
+    graph = onnx.load(str(out))
+    assert graph_precision(graph) == "fp16"  # what to_trt.py reads to build a strongly typed FP16 engine
+    assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert graph.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    info = read_artifact_info(out)
+    assert info.precision == "fp16" and info.parity["passed"]
+    assert info.parity["thresholds"]["min_label_agreement"] == THRESHOLDS["fp16"].min_label_agreement
+    assert 0 < info.parity["checks"][0]["max_abs_error"] < 0.05
 
 
 def test_gate_fails_when_the_artifact_computes_something_else(aspp_logits, tmp_path) -> None:
