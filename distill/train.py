@@ -25,6 +25,7 @@ from accelerate.utils import DistributedType, set_seed
 from torch import nn
 from tqdm import tqdm
 
+import kernels
 from distill.checkpoint import (
     atomic_write_text,
     begin_state,
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+    kernels.use_reference(cfg.train.kernels == "reference")
     set_seed(cfg.seed)
 
     existing = state_dirs(run_dir)

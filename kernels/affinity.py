@@ -25,38 +25,37 @@ CHUNK_ELEMENTS = 1 << 20
 
 
 def _pairwise_rows(x: torch.Tensor, y: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    diff = x[:, :, start:stop].transpose(1, 2) @ x - y[:, :, start:stop].transpose(1, 2) @ y  # (B, rows, N)
+    """Rows [start, stop) of one image's affinities, (C, N) features: sum of squared differences."""
+    diff = x[:, start:stop].T @ x - y[:, start:stop].T @ y  # (rows, N)
     return diff.square().sum()
 
 
 def _cross_image_rows(
-    x: torch.Tensor, y: torch.Tensor, image: int, start: int, stop: int, tau: float
+    x_all: torch.Tensor, y_all: torch.Tensor, start: int, stop: int, images: int, tau: float
 ) -> torch.Tensor:
-    # Rows p in [start, stop) of image `image` against every image j: (B_j, rows, N).
-    log_p_s = torch.log_softmax(x[image, :, start:stop].T @ x / tau, dim=-1)
-    log_p_t = torch.log_softmax(y[image, :, start:stop].T @ y / tau, dim=-1)
+    """Rows [start, stop) of the side-by-side nodes (C, B*N) of all images (one image's rows) against
+    every image: the KL summed over these rows and the B pairs they belong to."""
+    rows = stop - start
+    # Dividing the small row block by tau, not the (rows, B*N) product, saves a full pass.
+    log_p_s = torch.log_softmax(((x_all[:, start:stop].T / tau) @ x_all).view(rows, images, -1), dim=-1)
+    log_p_t = torch.log_softmax(((y_all[:, start:stop].T / tau) @ y_all).view(rows, images, -1), dim=-1)
     return (log_p_t.exp() * (log_p_t - log_p_s)).sum()
 
 
-def _sum_over_row_blocks(
-    rows_fn: Callable[..., torch.Tensor], x: torch.Tensor, rows: int, *args, **kwargs
-) -> torch.Tensor:
-    """Sum of ``rows_fn(*args, start, stop, **kwargs)`` over blocks of ``rows`` rows, each checkpointed."""
-    total = x.new_zeros(())
-    n = x.shape[2]
-    for start in range(0, n, rows):
-        stop = min(start + rows, n)
-        total = total + checkpoint(
-            rows_fn, *args, start, stop, **kwargs, use_reentrant=False, preserve_rng_state=False
-        )
-    return total
+def _checkpointed(rows_fn: Callable[..., torch.Tensor], *args) -> torch.Tensor:
+    """``rows_fn(*args)`` whose intermediates are recomputed in backward instead of kept."""
+    return checkpoint(rows_fn, *args, use_reentrant=False, preserve_rng_state=False)
 
 
 def pairwise_affinity_mse_reference(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     x, y = at_least_float32(student), at_least_float32(teacher.detach())
     b, _, n = x.shape
-    rows = max(1, CHUNK_ELEMENTS // (b * n))
-    return _sum_over_row_blocks(_pairwise_rows, x, rows, x, y)
+    rows = max(1, CHUNK_ELEMENTS // n)
+    total = x.new_zeros(())
+    for image in range(b):
+        for start in range(0, n, rows):
+            total = total + _checkpointed(_pairwise_rows, x[image], y[image], start, min(start + rows, n))
+    return total
 
 
 def cross_image_affinity_kl_reference(
@@ -64,8 +63,16 @@ def cross_image_affinity_kl_reference(
 ) -> torch.Tensor:
     x, y = at_least_float32(student), at_least_float32(teacher.detach())
     b, _, n = x.shape
+    # (C, B*N): every image's nodes side by side, so one product gives a row block against all images.
+    x_all = x.transpose(0, 1).reshape(x.shape[1], b * n)
+    y_all = y.transpose(0, 1).reshape(y.shape[1], b * n)
     rows = max(1, CHUNK_ELEMENTS // (b * n))
-    return sum(_sum_over_row_blocks(_cross_image_rows, x, rows, x, y, i, tau=tau) for i in range(b))
+    total = x.new_zeros(())
+    for image in range(b):
+        for start in range(image * n, (image + 1) * n, rows):
+            stop = min(start + rows, (image + 1) * n)
+            total = total + _checkpointed(_cross_image_rows, x_all, y_all, start, stop, b, tau)
+    return total
 
 
 def pairwise_affinity_mse(

@@ -363,3 +363,13 @@ def test_explicit_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
 def test_bad_arguments_name_the_problem(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_trainer_config_switch_accepts_auto_and_reference_only():
+    from distill.config import load_config
+    from distill.registry import ConfigError
+
+    assert load_config(None).train.kernels == "auto"
+    assert load_config(None, ["train.kernels=reference"]).train.kernels == "reference"
+    with pytest.raises(ConfigError, match="train.kernels"):
+        load_config(None, ["train.kernels=fast"])
