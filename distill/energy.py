@@ -69,7 +69,7 @@ class EnergyMeter:
             country_iso_code=cfg.country_iso_code,
             tracking_mode=self.tracking_mode,
             measure_power_secs=cfg.measure_power_secs,
-            save_to_file=False,
+            output_methods=[],  # no emissions.csv: the record goes into metrics.json
             log_level="error",
             allow_multiple_runs=True,  # several sweep workers on one machine
         )
