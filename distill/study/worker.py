@@ -65,6 +65,21 @@ def has_work(study: optuna.Study, space: SearchSpace, seeds: list[int]) -> bool:
     return sum(_is_new_point(t) for t in trials) < space.points
 
 
+def duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
+    """The trial that already covers this trial's point and seed: finished, failed with an error of its own,
+    or running with a lower number. Workers racing for the last grid points can draw the same one; the
+    later draw then steps aside (Optuna's advice for duplicate parameters). A killed trial (failed without
+    an error) covers nothing: its retry takes its place."""
+    for other in study.get_trials(deepcopy=False):
+        if other.number == trial.number or other.params != trial.params:
+            continue
+        if other.state == TrialState.COMPLETE or (other.state == TrialState.FAIL and "error" in other.user_attrs):
+            return other.number
+        if other.state == TrialState.RUNNING and other.number < trial.number:
+            return other.number
+    return None
+
+
 def describe(params: dict[str, Any]) -> str:
     return ", ".join(f"{key.split('.')[-1]}={value}" for key, value in params.items())
 
@@ -78,6 +93,9 @@ def make_objective(study: optuna.Study, study_dir: Path, setup: dict[str, Any], 
         trial.set_user_attr("root", root)
         params = suggest(trial, space)
         seed = trial.suggest_categorical(SEED, seeds)
+        duplicate = duplicate_of(study, trial)
+        if duplicate is not None:
+            raise optuna.TrialPruned(f"point and seed already covered by trial {duplicate}")
         if space.sampler != "grid" and "seed_of" not in trial.user_attrs and root == trial.number:
             for other in seeds:
                 if other != seed:

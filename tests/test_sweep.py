@@ -1,0 +1,139 @@
+"""Sweeps: a 2-worker study of tiny synthetic runs sharing one SQLite file, killed and resumed, with a
+crashing trial, energy figures and the report files; plus the checks of a search-space file."""
+
+from __future__ import annotations
+
+import glob
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+
+from distill.registry import ConfigError
+from distill.study.space import check_against_config, load_space, parse_space
+from tests.conftest import ROOT, TINY, run_python, subprocess_env
+
+SPACE = """\
+sampler: grid
+params:
+  train.optimizer.lr: [0.01, 0.02, -1.0]   # -1: torch refuses it when the run starts, a crashing trial
+"""
+RUN = [*TINY, "train.iterations=2", "train.eval_interval=2", "train.checkpoint_interval=1"]
+
+
+def rapl_readable() -> bool:
+    return any(Path(p).is_file() and Path(p).stat().st_mode & 0o444 for p in glob.glob("/sys/class/powercap/intel-rapl:*/energy_uj"))
+
+
+def trials(study_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    if not (study_dir / "study.json").is_file():  # written once the study exists
+        return []
+    storage = f"sqlite:///{study_dir / 'study.db'}"
+    try:
+        return optuna.load_study(study_name=study_dir.name, storage=storage).get_trials(deepcopy=False)
+    except KeyError:  # the study is not created yet
+        return []
+
+
+def sweep_command(space: Path, study_dir: Path) -> list[str]:
+    return [sys.executable, "distill/sweep.py", "--space", str(space), "--seeds", "2", "--workers", "2",
+            "--study", str(study_dir), "--heartbeat", "1", *RUN]  # fmt: skip
+
+
+def runs_of(study_dir: Path) -> list[psutil.Process]:
+    """Live processes (workers, training runs) working on this study."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(str(study_dir) in part for part in proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_study_survive_a_kill_and_report(tmp_path):
+    space, study_dir = tmp_path / "space.yaml", tmp_path / "study"
+    space.write_text(SPACE)
+    first = subprocess.Popen(sweep_command(space, study_dir), cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Kill the whole sweep (SIGKILL: no clean-up) once a trial has finished while another is training.
+    deadline = time.monotonic() + 400
+    while True:
+        assert first.poll() is None, "the sweep ended before it could be killed mid-way"
+        assert time.monotonic() < deadline, "no trial finished in time"
+        states = trials(study_dir)
+        running = [t for t in states if t.state.name == "RUNNING" and (Path(t.user_attrs.get("run_dir", "-")) / "train.log").is_file()]
+        done = [t for t in states if t.state.name == "COMPLETE"]
+        if done and running:
+            break
+        time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    for _ in range(50):  # the workers and their training runs die with the sweep (PR_SET_PDEATHSIG)
+        if not runs_of(study_dir):
+            break
+        time.sleep(0.2)
+    assert not runs_of(study_dir), "training processes outlived the killed sweep"
+    finished = {t.number: (Path(t.user_attrs["run_dir"]) / "metrics.json").stat().st_mtime_ns for t in done}
+    killed = {t.number for t in running}
+
+    resumed = subprocess.run(sweep_command(space, study_dir), cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    final = trials(study_dir)
+    by_number = {t.number: t for t in final}
+    for number, mtime in finished.items():  # finished trials are kept, not redone
+        trial = by_number[number]
+        assert trial.state.name == "COMPLETE"
+        assert (Path(trial.user_attrs["run_dir"]) / "metrics.json").stat().st_mtime_ns == mtime
+    completed = sorted((t.params["train.optimizer.lr"], t.params["seed"]) for t in final if t.state.name == "COMPLETE")
+    assert completed == [(0.01, 0), (0.01, 1), (0.02, 0), (0.02, 1)]  # every good point x seed, once
+    for number in killed:  # killed trials failed (no error of their own) and were retried in their run folder
+        assert by_number[number].state.name == "FAIL" and "error" not in by_number[number].user_attrs
+        retries = [t for t in final if t.user_attrs.get("root") == by_number[number].user_attrs["root"] and t.number != number]
+        assert [t.state.name for t in retries] == ["COMPLETE"]
+        assert retries[0].user_attrs["run_dir"] == by_number[number].user_attrs["run_dir"]
+    crashed = [t for t in final if t.params["train.optimizer.lr"] == -1.0]
+    assert len(crashed) == 2 and all(t.state.name == "FAIL" and "Invalid learning rate" in t.user_attrs["error"] for t in crashed)
+    assert len([t for t in final if t.state.name != "PRUNED"]) == 6 + len(killed)  # PRUNED: a raced duplicate
+
+    for trial in (t for t in final if t.state.name == "COMPLETE"):
+        energy = trial.user_attrs["energy"]
+        assert energy["train"]["kwh"] > 0 and energy["train"]["kg_co2"] > 0
+        assert energy["eval"]["images"] == 5 and energy["eval"]["kwh"] > 0
+        if not rapl_readable():
+            assert energy["train"]["estimate"] is True and energy["eval"]["estimate"] is True
+
+    report = run_python(["distill/report.py", str(study_dir)], timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    out = study_dir / "report"
+    for name in ("report.md", "comparison.csv", "grid_study.csv", "energy.csv", "trials.csv", "heatmap_study.png", "comparison_synthetic_lcnet_050_fcn.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    text = (out / "report.md").read_text()
+    assert "| student alone | study | lr=" in text and " ± " in text and "**" in text
+    assert "Invalid learning rate" in text
+    assert ("| student (est.) | 4 |" if not rapl_readable() else "| student | 4 |") in text
+
+
+def test_space_file_errors_name_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match="sampler 'bayes' is not one of"):
+        parse_space({"sampler": "bayes", "params": {"train.optimizer.lr": [0.1]}}, "s.yaml")
+    with pytest.raises(ConfigError, match="params.train.optimizer.lr: a grid needs a non-empty list"):
+        parse_space({"params": {"train.optimizer.lr": 0.1}}, "s.yaml")
+    with pytest.raises(ConfigError, match="'seed' is not a parameter"):
+        parse_space({"params": {"seed": [0, 1]}}, "s.yaml")
+    with pytest.raises(ConfigError, match="needs 'points'"):
+        parse_space({"sampler": "tpe", "params": {"train.optimizer.lr": {"low": 1e-3, "high": 1e-1, "log": True}}}, "s.yaml")
+    with pytest.raises(ConfigError, match="low must be below high"):
+        parse_space({"sampler": "random", "points": 2, "params": {"train.optimizer.lr": {"low": 1, "high": 0.1}}}, "s.yaml")
+    with pytest.raises(ConfigError, match="unknown keys \\['seeds'\\]"):
+        parse_space({"seeds": 3, "params": {"train.optimizer.lr": [0.1]}}, "s.yaml")
+    (tmp_path / "typo.yaml").write_text("params:\n  train.optimizer.lrr: [0.1]\n")
+    with pytest.raises(ConfigError, match="unknown config key 'train.optimizer.lrr'"):
+        check_against_config(load_space(tmp_path / "typo.yaml"), None, [])
+    (tmp_path / "type.yaml").write_text("params:\n  train.iterations: [10, ten]\n")
+    with pytest.raises(ConfigError, match="'train.iterations': expected int, got 'ten'"):
+        check_against_config(load_space(tmp_path / "type.yaml"), None, [])
