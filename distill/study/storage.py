@@ -48,6 +48,7 @@ def open_storage(url: str, heartbeat_s: int) -> RDBStorage:
 def create_study(study_dir: Path, name: str, url: str, setup: dict[str, Any], heartbeat_s: int) -> optuna.Study:
     """Create the study, or open it to resume when it exists with the same setup (else ConfigError)."""
     study_dir.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
     storage = open_storage(url, heartbeat_s)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
     existing = study.user_attrs.get("setup")
