@@ -1,7 +1,9 @@
 """The parity gate that every export runs: the artifact against PyTorch on the same uint8 images.
 
-Inputs are random images at every shape checked (the export shape, and for a dynamic graph at least one
-more with other values of each dynamic dimension), plus the images of a dataset when one is given.
+Inputs are images at every shape checked (the export shape, and for a dynamic graph at least one more
+with other values of each dynamic dimension): the first images of a dataset resized to that shape when
+one is given (quantized graphs are calibrated for real images, not noise), random ones otherwise; plus
+all the dataset's images at their own size.
 Reported: the largest absolute difference of the logits (for graphs that output logits), the share of
 pixels with equal labels, and on a dataset the mIoU of both. An artifact passes when the labels agree on
 at least ``min_label_agreement`` of the pixels and the mIoU is within ``max_miou_delta`` points.
@@ -16,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
 
 from deploy.accuracy import check_classes, image_batches, labels_at, open_dataset
 from deploy.artifact import ArtifactInfo, write_artifact_info
@@ -45,7 +49,7 @@ THRESHOLDS = {
 
 @dataclass
 class ParityCheck:
-    inputs: str  # "random" or "DATASET/SPLIT"
+    inputs: str  # "random", "DATASET/SPLIT" (its images at their size) or "... resized"
     shape: str
     images: int
     label_agreement: float
@@ -79,14 +83,14 @@ class ParityReport:
     def table(self) -> str:
         lines = [
             f"parity: {self.artifact} vs {self.reference}",
-            f"{'inputs':<16} {'shape':<16} {'images':>6} {'max |dlogit|':>12} {'labels equal':>12} {'mIoU ref':>8} {'mIoU art':>8}",
+            f"{'inputs':<20} {'shape':<16} {'images':>6} {'max |dlogit|':>12} {'labels equal':>12} {'mIoU ref':>8} {'mIoU art':>8}",
         ]
         for c in self.checks:
             err = "n/a" if c.max_abs_error is None else f"{c.max_abs_error:.2e}"
             ref = "" if c.miou_reference is None else f"{c.miou_reference:.2f}"
             art = "" if c.miou_artifact is None else f"{c.miou_artifact:.2f}"
             agree = "error" if c.error else f"{100 * c.label_agreement:.3f}%"
-            lines.append(f"{c.inputs:<16} {c.shape:<16} {c.images:>6} {err:>12} {agree:>12} {ref:>8} {art:>8}")
+            lines.append(f"{c.inputs:<20} {c.shape:<16} {c.images:>6} {err:>12} {agree:>12} {ref:>8} {art:>8}")
         t = self.thresholds
         lines.append(f"thresholds: labels equal >= {100 * t.min_label_agreement:g}%, |mIoU difference| <= {t.max_miou_delta:g}")
         lines.append("PASSED" if self.passed else "FAILED:\n  " + "\n  ".join(self.failures))
@@ -125,6 +129,15 @@ def first_line(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def shape_images(shape: ImageShape, rng: np.random.Generator, dataset: Dataset | None) -> np.ndarray:
+    """uint8 (N, H, W, 3): the dataset's first N images resized to H x W, or random ones."""
+    if dataset is None:
+        return rng.integers(0, 256, size=(shape.batch, shape.height, shape.width, 3), dtype=np.uint8)
+    size = [shape.height, shape.width]
+    images = [TF.resize(dataset[i % len(dataset)][0], size, antialias=True) for i in range(shape.batch)]
+    return torch.stack(images).permute(0, 2, 3, 1).numpy()
+
+
 def run_parity(
     reference: Predictor,
     artifact: Predictor,
@@ -137,17 +150,18 @@ def run_parity(
 ) -> ParityReport:
     report = ParityReport(reference.name, artifact.name, thresholds)
     rng = np.random.default_rng(seed)
+    source = "random" if dataset is None else f"{dataset_label} resized"
     for shape in shapes:
-        images = rng.integers(0, 256, size=(shape.batch, shape.height, shape.width, 3), dtype=np.uint8)
+        images = shape_images(shape, rng, dataset)
         expected = raw_outputs(reference, images)
         try:
             got = raw_outputs(artifact, images)
         except Exception as err:  # whatever the artifact raises at a shape fails the gate, with its message
-            report.checks.append(ParityCheck("random", str(shape), shape.batch, 0.0, error=first_line(err)))
+            report.checks.append(ParityCheck(source, str(shape), shape.batch, 0.0, error=first_line(err)))
             report.failures.append(f"{artifact.name} failed at shape {shape}: {first_line(err)}")
             continue
         ref, art, error = compare(expected, got, reference.info.output_kind)
-        report.checks.append(ParityCheck("random", str(shape), shape.batch, float((ref == art).mean()), error))
+        report.checks.append(ParityCheck(source, str(shape), shape.batch, float((ref == art).mean()), error))
     if dataset is not None:
         try:
             report.checks.append(dataset_check(reference, artifact, dataset, max_images, dataset_label))

@@ -91,7 +91,7 @@ def test_shape_generic_pooling_is_adaptive_average_pooling(h: int, w: int, out_h
 def test_dynamic_psp_graph_is_right_at_every_shape(psp_labels_dynamic) -> None:
     checkpoint, path, report = psp_labels_dynamic
     assert report.passed, report.table()
-    random_shapes = {c.shape for c in report.checks if c.inputs == "random"}
+    random_shapes = {c.shape for c in report.checks if c.inputs == "synthetic/val resized"}
     assert len(random_shapes) >= 2 and all(c.label_agreement == 1.0 for c in report.checks)
     dataset = [c for c in report.checks if c.inputs == "synthetic/val"]
     assert dataset and dataset[0].images == 3 and dataset[0].miou_artifact == pytest.approx(dataset[0].miou_reference)
