@@ -11,15 +11,10 @@ import torch
 from distill.config import Config, ModelConfig, load_config
 from distill.losses import LOSSES, TaskLoss, build_criterion
 from distill.models import SegOutput, build_model
-from distill.study.space import load_space
 from tests.conftest import ROOT
 
-# Not training configs: configs/kdep/ holds pre-training configs (distill/pretrain.py, checked in
-# tests/test_pretrain.py), configs/protocol/ search spaces for distill/sweep.py (loaded as spaces below).
-SPACES = sorted((ROOT / "configs" / "protocol").rglob("*.yaml"))
-PRESETS = sorted(
-    p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "kdep" and p not in SPACES
-)
+# configs/kdep/ holds pre-training configs (distill/pretrain.py), checked in tests/test_pretrain.py
+PRESETS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "kdep")
 NUM_CLASSES = 5  # any class count: the shapes the losses check do not depend on it
 PROBE_SIZE = 128  # c4 of an output-stride-8 model: 16x16, enough for Af-DCD's 4x4 pool + 4x4 patches
 
@@ -44,11 +39,6 @@ def test_preset_loads_with_registered_losses(path: Path) -> None:
         assert loss.name in LOSSES
     if cfg.losses:
         assert cfg.teacher is not None
-
-
-@pytest.mark.parametrize("path", SPACES, ids=preset_id)
-def test_search_space_loads(path: Path) -> None:
-    assert load_space(path).as_dict()
 
 
 def trained_by() -> dict[str, Path]:
