@@ -397,17 +397,18 @@ def test_cirkd_memory_matches_formula(temperature: float) -> None:
     loss.double()
     student, teacher = pair(11, (2, 3, 2, 3), (2, 4, 2, 3))
     labels = torch.tensor([[[0, 0, 1], [1, 255, 2]], [[2, 2, 2], [0, 2, 2]]])
-    value = loss(student, teacher, context(labels, k))
+    parts = loss(student, teacher, context(labels, k))
     with torch.no_grad():
         s = F.normalize(loss.projection(student), dim=1).permute(0, 2, 3, 1).reshape(-1, 4).numpy()
     t = unit_rows(teacher.permute(0, 2, 3, 1).reshape(-1, 4).numpy())
     valid = labels.flatten().numpy() != IGNORE
     pixel_memory = loss.pixel_queue.reshape(-1, 4).numpy()
     region_memory = loss.region_queue.reshape(-1, 4).numpy()
-    expected = reference_queue_kl(s[valid], t[valid], pixel_memory, 0.1, temperature) + 0.5 * reference_queue_kl(
-        s[valid], t[valid], region_memory, 0.1, temperature
-    )
-    assert float(value) == pytest.approx(expected, rel=1e-9)
+    assert parts.keys() == {"pixel", "region"}  # logged apart
+    expected_pixel = reference_queue_kl(s[valid], t[valid], pixel_memory, 0.1, temperature)
+    expected_region = 0.5 * reference_queue_kl(s[valid], t[valid], region_memory, 0.1, temperature)
+    assert float(parts["pixel"]) == pytest.approx(expected_pixel, rel=1e-9)
+    assert float(parts["region"]) == pytest.approx(expected_region, rel=1e-9)
 
 
 def test_cirkd_memory_zero_for_matching_embeddings() -> None:
@@ -430,7 +431,7 @@ def test_cirkd_memory_gradcheck() -> None:
             if name in start:
                 buffer.copy_(start[name])
         torch.manual_seed(1)
-        return loss(s, teacher, labels)
+        return sum(loss(s, teacher, labels).values())
 
     assert torch.autograd.gradcheck(fresh, (student.requires_grad_(True),))
 
@@ -438,7 +439,7 @@ def test_cirkd_memory_gradcheck() -> None:
 def test_cirkd_memory_without_valid_pixels_still_reaches_the_projection() -> None:
     loss = memory_loss(2, 3, k=2, pixel_memory=4, region_memory=2)
     student, teacher = pair(14, (2, 2, 2, 3), (2, 3, 2, 3))
-    value = loss(student.float(), teacher.float(), no_labels(2, 2))
+    value = sum(loss(student.float(), teacher.float(), no_labels(2, 2)).values())
     assert float(value) == 0.0
     value.backward()
     assert all(p.grad is not None for p in loss.projection.parameters())
@@ -505,6 +506,7 @@ def test_finite_on_odd_sizes(b: int, c_s: int, c_t: int, h: int, w: int, scale: 
                             pixel_contrast=7, region_contrast=4))  # fmt: skip
     for loss in losses:
         value = loss(student.clone().requires_grad_(True), teacher, labels)
+        value = sum(value.values()) if isinstance(value, dict) else value
         assert torch.isfinite(value) and float(value) >= -1e-6, type(loss).__name__
         value.backward()
 
@@ -547,5 +549,7 @@ def test_trains_through_the_trainer(loss: str, tiny_teacher: Path, tmp_path: Pat
                    f"teacher.checkpoint={tiny_teacher}", f"losses=[{loss}]"])  # fmt: skip
     assert 0.0 <= result["miou"] <= 1.0
     name = loss.split(",")[0].removeprefix("{name: ")
-    values = logged_scalars(tmp_path)[f"loss/{name}"]
-    assert len(values) == 2 and all(math.isfinite(v) and v > 0 for v in values)
+    scalars = logged_scalars(tmp_path)
+    parts = [f"loss/{name}_pixel", f"loss/{name}_region"] if name == "cirkd_memory" else [f"loss/{name}"]
+    for part in parts:
+        assert len(scalars[part]) == 2 and all(math.isfinite(v) and v > 0 for v in scalars[part]), part

@@ -12,8 +12,8 @@ slots and ``region_contrast // K + 1`` region-queue slots of every class (one ra
     s_a = normalize(projection(F^s))_a,   t_a = normalize(F^t)_a,   Q = the sampled queue entries
     l   = 1/#anchors sum_a KL( softmax(t_a Q^T / tau / T) || softmax(s_a Q^T / tau / T) ) * T^2
 
-computed for the pixel queue (p2p) and the region queue (p2r); loss = pixel_weight * p2p +
-region_weight * p2r (tau = 0.1, T = 1). The projection head is ``Conv1x1(C_s -> C_t) -> BN -> ReLU ->
+computed for the pixel queue (p2p) and the region queue (p2r), returned as the named parts ``pixel``
+(pixel_weight * p2p) and ``region`` (region_weight * p2r), logged apart (tau = 0.1, T = 1). The projection head is ``Conv1x1(C_s -> C_t) -> BN -> ReLU ->
 Conv1x1(C_t -> C_t)`` without biases (its BN becomes SyncBN in multi-GPU runs, as the trainer converts
 loss modules); it learns with the student. The queues are buffers: saved and resumed with the training
 state. Published weights: lambda_mp = lambda_mr = 0.1 (VOC scripts 0.01): use the config ``weight`` with
@@ -117,7 +117,7 @@ class CIRKDMemory(DistillLoss):
                     self.pixel_queue[k, ptr : ptr + n] = F.normalize(feature[:, chosen].T, dim=1)
                     self.pixel_queue_ptr[k] = ptr + n
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor, context: LossContext) -> torch.Tensor:
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, context: LossContext) -> dict[str, torch.Tensor]:
         p, k = self.params, self.num_classes
         s = F.normalize(self.projection(student), dim=1)
         t = F.normalize(teacher, dim=1)
@@ -125,7 +125,8 @@ class CIRKDMemory(DistillLoss):
         self.enqueue(t, labels)  # before the loss, as the official code: this batch is in the memory
         valid = ((labels >= 0) & (labels < k)).flatten()
         if not bool(valid.any()):
-            return 0 * s.square().mean()  # keeps the projection head in the graph (DDP expects its gradients)
+            zero = 0 * s.square().mean()  # keeps the projection head in the graph (DDP expects its gradients)
+            return {"pixel": zero, "region": zero}
         s_anchors = s.permute(0, 2, 3, 1).reshape(-1, s.shape[1])[valid]
         t_anchors = t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])[valid]
         pixel_slots = torch.randperm(p.pixel_memory)[: p.pixel_contrast // k + 1].to(s.device)
@@ -134,4 +135,4 @@ class CIRKDMemory(DistillLoss):
         region_memory = self.region_queue[:, region_slots].reshape(-1, t.shape[1])
         p2p = queue_kl(s_anchors, t_anchors, pixel_memory, p.tau, p.kd_temperature)
         p2r = queue_kl(s_anchors, t_anchors, region_memory, p.tau, p.kd_temperature)
-        return p.pixel_weight * p2p + p.region_weight * p2r
+        return {"pixel": p.pixel_weight * p2p, "region": p.region_weight * p2r}
