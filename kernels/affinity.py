@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from kernels.dispatch import Backend, resolve_backend
+from kernels.dispatch import Backend, device_of, resolve_backend
 from kernels.precision import at_least_float32
 from kernels.validation import check_nodes, check_tau
 
@@ -84,7 +84,8 @@ def pairwise_affinity_mse(
     if resolve_backend(backend, student, teacher) == "triton":
         from kernels.affinity_triton import pairwise_affinity_mse_triton
 
-        return pairwise_affinity_mse_triton(student, teacher)
+        with device_of(student):
+            return pairwise_affinity_mse_triton(student, teacher)
     return pairwise_affinity_mse_reference(student, teacher).float()
 
 
@@ -99,5 +100,6 @@ def cross_image_affinity_kl(
     if resolve_backend(backend, student, teacher) == "triton":
         from kernels.affinity_triton import cross_image_affinity_kl_triton
 
-        return cross_image_affinity_kl_triton(student, teacher, tau)
+        with device_of(student):
+            return cross_image_affinity_kl_triton(student, teacher, tau)
     return cross_image_affinity_kl_reference(student, teacher, tau).float()

@@ -15,12 +15,13 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from kernels.dispatch import Backend, resolve_backend
+from kernels.dispatch import Backend, device_of, resolve_backend
 from kernels.precision import at_least_float32
 from kernels.validation import check_same_shape, check_tau
 
-# Similarity entries per chunk of the reference (1 Mi floats = 4 MiB); a few such buffers live at once.
-CHUNK_ELEMENTS = 1 << 20
+# Similarity entries per band of the reference (512 Ki floats = 2 MiB; at Cityscapes scale one patch row);
+# a few such buffers live at once.
+CHUNK_ELEMENTS = 1 << 19
 
 
 def patch_tokens(x: torch.Tensor, patch: int, groups: int) -> torch.Tensor:
@@ -96,5 +97,6 @@ def patch_contrast(
     if resolve_backend(backend, student, teacher) == "triton":
         from kernels.contrast_triton import patch_contrast_triton
 
-        return patch_contrast_triton(student, teacher, patch, groups, tau)
+        with device_of(student):
+            return patch_contrast_triton(student, teacher, patch, groups, tau)
     return patch_contrast_reference(student, teacher, patch, groups, tau).float()

@@ -8,6 +8,7 @@ for ``backend="triton"`` explicitly to run the kernels on CPU tensors under ``TR
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from typing import Literal
@@ -77,3 +78,9 @@ def resolve_backend(backend: Backend, *tensors: torch.Tensor) -> Literal["refere
     if reference_forced() or not all(t.is_cuda for t in tensors) or not triton_available():
         return "reference"
     return "triton"
+
+
+def device_of(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Make the tensor's GPU current: Triton launches on the current device (backward runs on an
+    autograd thread that already has it); a no-op for CPU tensors under the interpreter."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()

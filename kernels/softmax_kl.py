@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.dispatch import Backend, resolve_backend
+from kernels.dispatch import Backend, device_of, resolve_backend
 from kernels.precision import at_least_float32
 from kernels.validation import check_same_shape, check_tau
 
@@ -29,7 +29,8 @@ def _softmax_kl_rows(
     if resolve_backend(backend, student, teacher) == "triton":
         from kernels.softmax_kl_triton import softmax_kl_rows_triton
 
-        return softmax_kl_rows_triton(student, teacher, tau, dim)
+        with device_of(student):
+            return softmax_kl_rows_triton(student, teacher, tau, dim)
     return softmax_kl_rows_reference(student, teacher, tau, dim)
 
 
