@@ -25,10 +25,10 @@ from pathlib import Path
 from distill.registry import ConfigError
 from distill.study.figures import comparison_bars, grid_heatmap
 from distill.study.results import StudyResult, read_study
+from distill.study.space import describe_params
 from distill.study.tables import (
     comparison_markdown,
     comparison_rows,
-    describe_params,
     energy_markdown,
     energy_rows,
     grid_table,

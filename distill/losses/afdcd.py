@@ -82,7 +82,7 @@ class AfDCD(DistillLoss):
         need = p.pool * p.patch
         if min(size) < need:
             raise ConfigError(
-                f"the teacher map is {size[0]}x{size[1]}, smaller than one contrast patch: pool {p.pool} x patch "
+                f"Af-DCD: the teacher map is {size[0]}x{size[1]}, smaller than one contrast patch: pool {p.pool} x patch "
                 f"{p.patch} needs at least {need}x{need}; lower 'pool' or 'patch', or bind a larger map"
             )
 

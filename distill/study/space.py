@@ -68,6 +68,22 @@ def override(key: str, value: Any) -> str:
     return f"{key}={render(value)}"
 
 
+def short(key: str) -> str:
+    """``train.optimizer.lr`` -> ``lr``; ``losses.1.weight`` stays whole (the index says which loss)."""
+    parts = key.split(".")
+    return key if parts[0] == "losses" else parts[-1]
+
+
+def shown(value: Any) -> str:
+    """A value for people: floats to 4 significant digits (sampled ones are long)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def describe_params(params: dict[str, Any]) -> str:
+    """``lr=0.01, weight_decay=0.0001``: a point, for people."""
+    return ", ".join(f"{short(k)}={shown(v)}" for k, v in params.items()) or "-"
+
+
 def _check_param(source: str, key: str, spec: Any, sampler: str) -> None:
     where = f"space file {source!r}, params.{key}"
     if sampler == "grid":

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.study.results import Point, StudyResult
+from distill.study.space import describe_params, short, shown
 
 
 def pct(value: float) -> str:
@@ -22,16 +23,6 @@ def mean_std(point: Point | None) -> str:
     if point is None or not point.values:
         return "failed" if point is not None and point.failed else "-"
     return f"{pct(point.mean)} ± {pct(point.std)}"
-
-
-def short(key: str) -> str:
-    """``train.optimizer.lr`` -> ``lr``; ``losses.1.weight`` -> ``losses.1.weight`` (the index matters)."""
-    parts = key.split(".")
-    return key if parts[0] == "losses" else parts[-1]
-
-
-def describe_params(params: dict[str, Any]) -> str:
-    return ", ".join(f"{short(k)}={v}" for k, v in params.items()) or "-"
 
 
 # ---- final comparison ----------------------------------------------------------------------------
@@ -96,8 +87,8 @@ def grid_table(result: StudyResult) -> tuple[list[str], list[list[str]]]:
     keys = list(result.setup["space"]["params"])
     if result.setup["space"]["sampler"] != "grid":
         header = [*(short(k) for k in keys), "seeds", "mIoU (%)"]
-        rows = [[*(str(p.params.get(k)) for k in keys), str(len(p.values)), mean_std(p)] for p in result.points]
-        return header, sorted(rows, key=lambda r: r[-1], reverse=True)
+        ranked = sorted(result.points, key=lambda p: p.mean if p.values else -math.inf, reverse=True)
+        return header, [[*(shown(p.params.get(k)) for k in keys), str(len(p.values)), mean_std(p)] for p in ranked]
     grid = result.setup["space"]["params"]
     across = keys[-1]
     down = keys[:-1]

@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from distill.study.space import SearchSpace, override, parse_space
+from distill.study.space import SearchSpace, describe_params, override, parse_space
 from distill.study.storage import load_study, read_study_file
 from distill.study.trial import TrialError, run_training
 
@@ -80,10 +80,6 @@ def duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
     return None
 
 
-def describe(params: dict[str, Any]) -> str:
-    return ", ".join(f"{key.split('.')[-1]}={value}" for key, value in params.items())
-
-
 def make_objective(study: optuna.Study, study_dir: Path, setup: dict[str, Any], space: SearchSpace, env: dict[str, str]):
     seeds = setup["seeds"]
 
@@ -104,7 +100,7 @@ def make_objective(study: optuna.Study, study_dir: Path, setup: dict[str, Any], 
         overrides = [*setup["overrides"], *(override(k, v) for k, v in params.items()), f"seed={seed}"]
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("overrides", overrides)
-        label = f"trial {trial.number} ({describe(params)}, seed={seed})"
+        label = f"trial {trial.number} ({describe_params(params)}, seed={seed})"
         print(f"[worker {os.getpid()}] {label}: training in {run_dir}", flush=True)
         start = time.perf_counter()
         try:
