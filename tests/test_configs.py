@@ -7,14 +7,26 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from distill.config import Config, ModelConfig, load_config
 from distill.losses import LOSSES, TaskLoss, build_criterion
 from distill.models import SegOutput, build_model
+from distill.study.space import load_space
 from tests.conftest import ROOT
 
-# configs/kdep/ holds pre-training configs (distill/pretrain.py), checked in tests/test_pretrain.py
-PRESETS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "kdep")
+
+def is_search_space(path: Path) -> bool:
+    """A search space of distill/sweep.py (configs/protocol/stage*.yaml ...): a 'sampler' at the top."""
+    return "sampler" in (yaml.safe_load(path.read_text()) or {})
+
+
+# Not training configs: configs/kdep/ holds pre-training configs (distill/pretrain.py, checked in
+# tests/test_pretrain.py); search spaces are loaded as spaces below.
+SPACES = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if is_search_space(p))
+PRESETS = sorted(
+    p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "kdep" and p not in SPACES
+)
 NUM_CLASSES = 5  # any class count: the shapes the losses check do not depend on it
 PROBE_SIZE = 128  # c4 of an output-stride-8 model: 16x16, enough for Af-DCD's 4x4 pool + 4x4 patches
 
@@ -39,6 +51,11 @@ def test_preset_loads_with_registered_losses(path: Path) -> None:
         assert loss.name in LOSSES
     if cfg.losses:
         assert cfg.teacher is not None
+
+
+@pytest.mark.parametrize("path", SPACES, ids=preset_id)
+def test_search_space_loads(path: Path) -> None:
+    assert load_space(path).as_dict()
 
 
 def trained_by() -> dict[str, Path]:
