@@ -36,7 +36,8 @@ def grid_heatmap(result: StudyResult, path: Path) -> None:
     image = ax.imshow(np.ma.masked_invalid(means), cmap="viridis", aspect="auto")
     for (i, j), mean in np.ndenumerate(means):
         text = "failed" if math.isnan(mean) else f"{mean:.1f}\n±{stds[i, j]:.1f}"
-        ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if math.isnan(mean) or mean < np.nanmean(means) else "black")
+        colour = "dimgray" if math.isnan(mean) else "white" if mean < np.nanmean(means) else "black"
+        ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
     ax.set_xticks(range(len(grid[across])), [str(v) for v in grid[across]])
     ax.set_xlabel(short(across))
     ax.set_yticks(range(len(combos)), [", ".join(str(v) for v in c) for c in combos])
