@@ -48,12 +48,13 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 
 def trials_section(results: list[StudyResult], out: Path) -> str:
-    header = ["study", "trial", "state", "params", "seed", "miou", "kwh", "error", "run_dir"]
+    header = ["study", "trial", "state", "params", "seed", "value", "best_miou", "kwh", "error", "run_dir"]
     rows, failed = [], []
     for result in results:
         for r in result.records:
             kwh = r.energy["train"]["kwh"] if r.energy and r.energy.get("train") else ""
-            rows.append([result.name, r.number, r.state, describe_params(r.params), r.seed, r.value, kwh, r.error or "", r.run_dir])
+            row = [result.name, r.number, r.state, describe_params(r.params), r.seed, r.value, r.metrics.get("best_miou"), kwh]
+            rows.append([*row, r.error or "", r.run_dir])
             if r.state == "FAIL" and r.error:
                 failed.append(f"| {result.name} | {r.number} | {describe_params(r.params)} | {r.seed} | {r.error.splitlines()[0][:160]} |")
     write_csv(out / "trials.csv", header, rows)
