@@ -6,9 +6,9 @@ images without labels, and then initialises a student for segmentation.
 1. SVD basis: the teacher's pooled pre-activation features of ``svd.views_per_image`` augmented views of
    (up to ``svd.images``) images are centred and decomposed once; the mean and the first D_s right singular
    vectors are saved (``svd.basis``, by default OUTPUT/svd_basis.safetensors). A basis that exists is reused.
-2. Training: loss = w * MSE(f_s, PTS((f_t - mean) V)), SGD, learning rate divided by 10 at the fractions
-   ``lr_steps`` of the run (1/3 and 2/3, as the paper). Checkpoints as the segmentation trainer's (Accelerate
-   state + progress.json, written aside and renamed), ``--resume`` continues the latest.
+2. Training: loss = w * MSE(f_s, PTS((f_t - mean) V)), SGD (``optimizer``), learning rate divided by 10
+   at the fractions ``lr_steps`` of the run (1/3 and 2/3, as the paper). Checkpoints as the segmentation
+   trainer's (Accelerate state + progress.json, written aside and renamed); ``--resume`` continues the latest.
 3. Output: OUTPUT/student_backbone.safetensors, the student's timm weights (no classifier), which a
    segmentation config loads with ``model.backbone: <student.name>`` and ``model.pretrained: <that file>``.
 """
@@ -54,6 +54,7 @@ from distill.data.loader import DataPosition, ShardedEpochSampler
 from distill.data.synthetic import SyntheticScenes
 from distill.data.unlabelled import ImageFolder, SeededViews, SyntheticImages, view_transform
 from distill.kdep import PooledFeature, fit_basis, kdep_loss, kdep_target, load_basis, save_basis
+from distill.optim import build_optimizer, set_learning_rate
 from distill.registry import ConfigError
 
 WEIGHTS_NAME = "student_backbone.safetensors"
@@ -185,9 +186,7 @@ def main(argv: list[str] | None = None) -> Path:
     accelerator.wait_for_everyone()
     mean, basis = (t.to(accelerator.device) for t in load_basis(basis_path, teacher.dim, student.dim))
 
-    optimizer = torch.optim.SGD(
-        student.parameters(), lr=cfg.optimizer.lr, momentum=cfg.optimizer.momentum, weight_decay=cfg.optimizer.weight_decay
-    )
+    optimizer = build_optimizer(student, [], cfg.optimizer)
     student, optimizer = accelerator.prepare(student, optimizer)
     progress = {"step": 0, "epoch": 0, "epoch_step": 0}
     found = state_dirs(run_dir)
@@ -210,8 +209,7 @@ def main(argv: list[str] | None = None) -> Path:
     try:
         while step < total:
             lr = step_learning_rate(step, total, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_learning_rate(optimizer, lr)
             batch = next(data).to(accelerator.device)
             position.advance(sampler.steps_per_epoch)
             with accelerator.autocast():
