@@ -407,8 +407,8 @@ def test_cirkd_memory_matches_formula(temperature: float) -> None:
     assert parts.keys() == {"pixel", "region"}  # logged apart
     expected_pixel = reference_queue_kl(s[valid], t[valid], pixel_memory, 0.1, temperature)
     expected_region = 0.5 * reference_queue_kl(s[valid], t[valid], region_memory, 0.1, temperature)
-    assert float(parts["pixel"]) == pytest.approx(expected_pixel, rel=1e-9)
-    assert float(parts["region"]) == pytest.approx(expected_region, rel=1e-9)
+    assert float(parts["pixel"].detach()) == pytest.approx(expected_pixel, rel=1e-9)
+    assert float(parts["region"].detach()) == pytest.approx(expected_region, rel=1e-9)
 
 
 def test_cirkd_memory_zero_for_matching_embeddings() -> None:
