@@ -52,7 +52,8 @@ def main() -> None:
 
     def student_step():
         opt_s.zero_grad()
-        sum(supervised(images, context, None).values()).backward()
+        parts, _ = supervised(images, context, None)
+        sum(parts.values()).backward()
         opt_s.step()
 
     def teacher_forward():
@@ -63,7 +64,8 @@ def main() -> None:
         opt_d.zero_grad()
         with torch.no_grad():
             t_out = teacher(images)
-        sum(distilled(images, context, t_out).values()).backward()
+        parts, _ = distilled(images, context, t_out)
+        sum(parts.values()).backward()
         opt_d.step()
 
     timings = {"student step": [], "teacher forward": [], "distillation step": []}
