@@ -1,7 +1,7 @@
 """Sweep config keys (learning rate, weight decay, tau, loss weights, ...) over several seeds per point.
 
     python distill/sweep.py --config BASE.yaml --space SPACE.yaml --seeds 3 [--workers N] \
-        [--study runs/studies/NAME] [--storage postgresql://...] [--base-from PREVIOUS_STUDY] [key=value ...]
+        [--study runs/studies/NAME] [--storage postgresql://USER@HOST/DB] [--base-from PREVIOUS_STUDY] [key=value ...]
 
 Each trial is one ordinary run of distill/train.py (in its own process and run folder, STUDY/runs/NNNN)
 with the point's values and one seed as overrides. The study's bookkeeping is Optuna's: a SQLite file in

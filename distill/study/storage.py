@@ -1,9 +1,10 @@
 """Where a study lives: an Optuna RDB storage plus a study folder.
 
 * The storage holds the trials (parameters, seeds, states, values, errors, metrics, energy). By default it
-  is the SQLite file ``STUDY/study.db``; ``--storage postgresql://USER:PASSWORD@HOST/DB`` (any SQLAlchemy
+  is the SQLite file ``STUDY/study.db``; ``--storage postgresql://USER@HOST/DB`` (any SQLAlchemy
   URL Optuna accepts; PostgreSQL needs ``pip install psycopg2-binary``) lets workers on several machines
-  share one study.
+  share one study. The URL is saved in ``study.json``: keep a password out of it (``~/.pgpass`` or
+  ``PGPASSWORD``, which PostgreSQL's client reads).
 * The folder holds ``study.json`` (the storage URL, the study's name and its setup: base config, space,
   seeds, overrides) and ``runs/NNNN/``, one ordinary run folder per trial.
 
@@ -21,11 +22,17 @@ from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from sqlalchemy.engine import make_url
 
 from distill.registry import ConfigError
 
 STUDY_FILE = "study.json"
 MAX_RETRIES = 3  # a trial whose worker keeps dying (e.g. killed for memory) is not retried forever
+
+
+def shown_url(url: str) -> str:
+    """The storage URL for messages, without its password."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def default_storage(study_dir: Path) -> str:
@@ -57,7 +64,7 @@ def create_study(study_dir: Path, name: str, url: str, setup: dict[str, Any], he
     elif existing != setup:
         changed = sorted(k for k in setup if existing.get(k) != setup[k])
         raise ConfigError(
-            f"study {name!r} in {url} was started with a different {', '.join(changed)}; resume it with the same "
+            f"study {name!r} in {shown_url(url)} was started with a different {', '.join(changed)}; resume it with the same "
             "command, or start a new study (another --study folder or --name)"
         )
     from distill.checkpoint import atomic_write_text  # here: workers only read the file, without torch
