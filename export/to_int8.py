@@ -93,7 +93,9 @@ def quantize_with_ort(source: Path, output: Path, inputs: list[np.ndarray], inpu
     symmetric = target == "tensorrt"
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(source), str(prepared))  # shape inference + folding (e.g. BatchNorm into Conv)
+        # ONNX shape inference and graph folding (e.g. BatchNorm into Conv); ORT's symbolic shape inference
+        # is for transformers and gives up on some dynamic CNN graphs.
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared),
             str(output),

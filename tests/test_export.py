@@ -206,7 +206,8 @@ def test_to_trt_without_tensorrt_says_what_to_install(aspp_logits) -> None:
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here: the build itself is tested by test_trt_engine_matches_pytorch")
     _, source = aspp_logits
-    result = run_python(["export/to_trt.py", "--onnx", str(source)], timeout=300)
+    shapes = f"1x3x32x32/1x3x{SIZE[0]}x{SIZE[1]}/1x3x64x64"
+    result = run_python(["export/to_trt.py", "--onnx", str(source), "--shapes", shapes], timeout=300)
     assert result.returncode == 2, result.stderr
     assert "TensorRT is not installed" in result.stderr and "docker build" in result.stderr
 
