@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from distill.config import load_config
 from distill.study.space import override
-from distill.study.storage import load_study
+from distill.study.storage import STUDY_FILE, load_study
 from distill.study.worker import SEED
 
 
@@ -61,6 +61,16 @@ class StudyResult:
     def best(self) -> Point | None:
         scored = [p for p in self.points if p.values]
         return max(scored, key=lambda p: p.mean) if scored else None
+
+    def tuned(self) -> dict[str, Any]:
+        """Every tuned value behind the best point: those of the studies it started from (followed through
+        their folders where they exist, else as recorded) and its own."""
+        tuned: dict[str, Any] = {}
+        for source in self.setup.get("base_from", []):
+            folder = Path(source["study"])
+            tuned.update(read_study(folder).tuned() if (folder / STUDY_FILE).is_file() else source["params"])
+        best = self.best()
+        return {**tuned, **(best.params if best else {})}
 
     def best_overrides(self) -> list[str]:
         """The study's own overrides plus its best point: the base of the next stage (``--base-from``)."""

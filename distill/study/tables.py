@@ -39,7 +39,7 @@ def comparison_rows(results: list[StudyResult]) -> list[dict[str, Any]]:
             "student": result.student,
             "method": result.method,
             "study": result.name,
-            "tuned": describe_params(best.params) if best else "-",
+            "tuned": describe_params(result.tuned()) if best else "-",
             "seeds": len(best.values) if best else 0,
             "mean": best.mean if best else float("nan"),
             "std": best.std if best else float("nan"),
