@@ -6,8 +6,10 @@
 
 For each artifact (a checkpoint folder runs in PyTorch eager; an exported file in the backend given,
 paired with ``--artifact`` by position, or the natural one for its kind): latency at one fixed shape
-(batch 1 at the training resolution unless ``--shape``) after a warm-up, at least 200 timed iterations,
-as mean, p50, p90, p99, coefficient of variation and throughput, separately for
+(the export shape, else batch 1 at the training resolution; ``--shape``) after a warm-up, at least 200
+timed iterations in ``--rounds`` rounds that alternate between the artifacts (so that a change of load
+on the machine does not favour one of them), as mean, p50, p90, p99, coefficient of variation and
+throughput, separately for
 
 * compute only: the artifact on inputs already on its device (CUDA events on a GPU), and
 * end to end: uint8 images on the host -> preprocessing, copies, the artifact, argmax -> labels on the host;
@@ -42,6 +44,7 @@ from deploy.shapes import ImageShape, parse_shape  # noqa: E402
 from distill.registry import ConfigError  # noqa: E402
 
 MIN_ITERATIONS = 200
+REWARM = 3  # untimed calls at the start of each later round, after the other artifacts ran
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,12 +56,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, help="only the first N images of the split")
     parser.add_argument("--shape", help="N x 3 x H x W to time (default: the export shape, else batch 1 at the training resolution)")
     parser.add_argument("--iterations", type=int, default=MIN_ITERATIONS, help=f"timed iterations (at least {MIN_ITERATIONS})")
-    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=20, help="untimed calls before the first round")
+    parser.add_argument("--rounds", type=int, default=10, help="the iterations are split into rounds that alternate between artifacts")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for every backend (default: all cores)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="for the PyTorch backends")
     parser.add_argument("--output", default="runs/deploy_benchmark", help="folder for results.json / .md / .png")
     parser.add_argument("--allow-failed-parity", action="store_true", help="also run artifacts whose parity gate failed")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1")
     if args.iterations < MIN_ITERATIONS:
         parser.error(f"--iterations {args.iterations}: at least {MIN_ITERATIONS}, or the tail percentiles mean little")
     if len(args.backend) not in (0, 1, len(args.artifact)):
@@ -73,22 +79,31 @@ def timed_shape(args: argparse.Namespace, predictor: Predictor) -> ImageShape:
     return parse_shape(traced, "sidecar extra.traced_at") if traced else default_shape(predictor.info.data)
 
 
-def measure(predictor: Predictor, shape: ImageShape, args: argparse.Namespace) -> dict[str, Any]:
-    predictor.check_shape(shape)
-    images = np.random.default_rng(0).integers(0, 256, size=(shape.batch, shape.height, shape.width, 3), dtype=np.uint8)
-    prepared = predictor.prepare(images)
-    gpu = predictor.device.type == "cuda"
+class Timer:
+    """The two timed paths of one predictor at one shape, accumulating samples over rounds."""
 
-    def end_to_end() -> None:
-        predictor.predict(images)
-        predictor.synchronize()
+    def __init__(self, predictor: Predictor, shape: ImageShape) -> None:
+        predictor.check_shape(shape)
+        self.predictor, self.shape = predictor, shape
+        self.images = np.random.default_rng(0).integers(0, 256, size=(shape.batch, shape.height, shape.width, 3), dtype=np.uint8)
+        self.prepared = predictor.prepare(self.images)
+        self.compute: list[float] = []
+        self.end_to_end: list[float] = []
 
-    compute = time_calls(lambda: predictor.forward(prepared), args.iterations, args.warmup, cuda_events=gpu)
-    whole = time_calls(end_to_end, args.iterations, args.warmup)
-    return {
-        "compute": dataclasses.asdict(LatencyStats.from_samples(compute, shape.batch)),
-        "end_to_end": dataclasses.asdict(LatencyStats.from_samples(whole, shape.batch)),
-    }
+    def run_end_to_end(self) -> None:
+        self.predictor.predict(self.images)
+        self.predictor.synchronize()
+
+    def round(self, iterations: int, warmup: int) -> None:
+        gpu = self.predictor.device.type == "cuda"
+        self.compute += time_calls(lambda: self.predictor.forward(self.prepared), iterations, warmup, cuda_events=gpu)
+        self.end_to_end += time_calls(self.run_end_to_end, iterations, warmup)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "compute": dataclasses.asdict(LatencyStats.from_samples(self.compute, self.shape.batch)),
+            "end_to_end": dataclasses.asdict(LatencyStats.from_samples(self.end_to_end, self.shape.batch)),
+        }
 
 
 def accuracy(predictor: Predictor, args: argparse.Namespace) -> dict[str, Any] | None:
@@ -113,24 +128,33 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.threads:
         torch.set_num_threads(args.threads)
     backends = args.backend * len(args.artifact) if len(args.backend) == 1 else args.backend or [None] * len(args.artifact)
+    predictors = [
+        load_predictor(artifact, backend, args.device, args.threads or torch.get_num_threads(), args.allow_failed_parity)
+        for artifact, backend in zip(args.artifact, backends, strict=True)
+    ]
+    timers = [Timer(p, timed_shape(args, p)) for p in predictors]
+    # Interleaved rounds: a change of machine load during the run touches every artifact alike.
+    per_round = -(-args.iterations // args.rounds)
+    for r in range(args.rounds):
+        for timer in timers:
+            timer.round(per_round, args.warmup if r == 0 else REWARM)
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{t.predictor.name} {t.end_to_end[-1]:.2f} ms" for t in timers))
     results = []
-    for artifact, backend in zip(args.artifact, backends, strict=True):
-        predictor = load_predictor(artifact, backend, args.device, args.threads or torch.get_num_threads(), args.allow_failed_parity)
-        shape = timed_shape(args, predictor)
-        print(f"{predictor.name}: {args.iterations} iterations at {shape} on {predictor.device}")
+    for artifact, timer in zip(args.artifact, timers, strict=True):
+        predictor = timer.predictor
         entry = {
             "name": Path(artifact).name,
             "artifact": str(artifact),
             "backend": predictor.backend,
             "precision": predictor.info.precision,
             "device": str(predictor.device),
-            "shape": str(shape),
-            **measure(predictor, shape, args),
+            "shape": str(timer.shape),
+            **timer.stats(),
             "accuracy": accuracy(predictor, args),
         }
         results.append(entry)
         e = entry["end_to_end"]
-        print(f"  end to end p50 {e['p50_ms']:.2f} ms, compute p50 {entry['compute']['p50_ms']:.2f} ms")
+        print(f"{predictor.name} at {timer.shape}: end to end p50 {e['p50_ms']:.2f} ms, compute p50 {entry['compute']['p50_ms']:.2f} ms")
     command = "python deploy/benchmark.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     print(write_report(results, environment(), command, Path(args.output)))
     print(f"results in {args.output}")

@@ -83,14 +83,14 @@ class ParityReport:
     def table(self) -> str:
         lines = [
             f"parity: {self.artifact} vs {self.reference}",
-            f"{'inputs':<20} {'shape':<16} {'images':>6} {'max |dlogit|':>12} {'labels equal':>12} {'mIoU ref':>8} {'mIoU art':>8}",
+            f"{'inputs':<24} {'shape':<16} {'images':>6} {'max |dlogit|':>12} {'labels equal':>12} {'mIoU ref':>8} {'mIoU art':>8}",
         ]
         for c in self.checks:
             err = "n/a" if c.max_abs_error is None else f"{c.max_abs_error:.2e}"
             ref = "" if c.miou_reference is None else f"{c.miou_reference:.2f}"
             art = "" if c.miou_artifact is None else f"{c.miou_artifact:.2f}"
             agree = "error" if c.error else f"{100 * c.label_agreement:.3f}%"
-            lines.append(f"{c.inputs:<20} {c.shape:<16} {c.images:>6} {err:>12} {agree:>12} {ref:>8} {art:>8}")
+            lines.append(f"{c.inputs:<24} {c.shape:<16} {c.images:>6} {err:>12} {agree:>12} {ref:>8} {art:>8}")
         t = self.thresholds
         lines.append(f"thresholds: labels equal >= {100 * t.min_label_agreement:g}%, |mIoU difference| <= {t.max_miou_delta:g}")
         lines.append("PASSED" if self.passed else "FAILED:\n  " + "\n  ".join(self.failures))
