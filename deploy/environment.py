@@ -30,6 +30,7 @@ def cpu_facts() -> dict[str, Any]:
         "mhz": fields.get("cpu MHz"),
         "governor": read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
         "torch_threads": torch.get_num_threads(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],  # other work on the machine while measuring
     }
 
 

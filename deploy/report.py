@@ -75,7 +75,8 @@ def write_report(results: list[dict[str, Any]], env: dict[str, Any], command: st
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.json", json.dumps({"command": command, "environment": env, "results": results}, indent=2))
     gpu = env["gpu"]["name"] if env["gpu"] else "no GPU"
-    machine = f"{env['cpu']['model']} ({env['cpu']['logical_cores']} logical cores), {gpu}"
+    load = "/".join(f"{v:g}" for v in env["cpu"]["load_average"])
+    machine = f"{env['cpu']['model']} ({env['cpu']['logical_cores']} logical cores, load average {load} at the end), {gpu}"
     parts = [f"Measured on: {machine}; {', '.join(f'{k} {v}' for k, v in env['versions'].items())}", f"Command: `{command}`", markdown_table(results)]
     classes = per_class_table(results)
     if classes:
