@@ -76,4 +76,4 @@ class OnnxRuntimePredictor(Predictor):
         return outputs if isinstance(outputs, np.ndarray) else outputs.numpy()
 
     def labels(self, outputs: Any) -> np.ndarray:
-        return super().labels(torch.from_numpy(self.to_numpy(outputs)))
+        return super().labels(self.to_numpy(outputs))
