@@ -259,7 +259,8 @@ def main(argv: list[str] | None = None) -> dict:
                     accelerator.backward(loss / cfg.train.grad_accum)
                 for name, value in parts.items():
                     sums[name] = sums.get(name, 0) + value.detach() / cfg.train.grad_accum
-                outputs.append((student_out, teacher_out))
+                if adversary is not None:
+                    outputs.append((student_out, teacher_out))
             stop_if_not_finite(accelerator, sums, step, run_dir)
             if cfg.train.grad_clip is not None:
                 accelerator.clip_grad_norm_(objective.parameters(), cfg.train.grad_clip)

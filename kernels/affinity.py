@@ -79,14 +79,14 @@ def pairwise_affinity_mse(
     student: torch.Tensor, teacher: torch.Tensor, *, backend: Backend = "auto"
 ) -> torch.Tensor:
     """SKD pair-wise term on L2-normalised node features (B, C_s, N), (B, C_t, N):
-    sum_b sum_{i,j} (x_i.x_j - y_i.y_j)^2 as a float32 scalar (the caller divides by N^2 and B)."""
+    sum_b sum_{i,j} (x_i.x_j - y_i.y_j)^2 as a scalar (float32; float64 for float64 inputs) (the caller divides by N^2 and B)."""
     check_nodes("pairwise_affinity_mse", student, teacher)
     if resolve_backend(backend, student, teacher) == "triton":
         from kernels.affinity_triton import pairwise_affinity_mse_triton
 
         with device_of(student):
             return pairwise_affinity_mse_triton(student, teacher)
-    return pairwise_affinity_mse_reference(student, teacher).float()
+    return pairwise_affinity_mse_reference(student, teacher)
 
 
 def cross_image_affinity_kl(
@@ -94,7 +94,7 @@ def cross_image_affinity_kl(
 ) -> torch.Tensor:
     """CIRKD pixel-to-pixel term on L2-normalised features (B, C_s, N), (B, C_t, N): the sum over ordered
     image pairs (i, j), i == j included, and rows p of KL(softmax_row(A^t_ij[p] / tau) ||
-    softmax_row(A^s_ij[p] / tau)) as a float32 scalar (the loss takes batchmean over rows, mean over B^2)."""
+    softmax_row(A^s_ij[p] / tau)) as a scalar (float32; float64 for float64 inputs) (the loss takes batchmean over rows, mean over B^2)."""
     check_nodes("cross_image_affinity_kl", student, teacher)
     check_tau("cross_image_affinity_kl", tau)
     if resolve_backend(backend, student, teacher) == "triton":
@@ -102,4 +102,4 @@ def cross_image_affinity_kl(
 
         with device_of(student):
             return cross_image_affinity_kl_triton(student, teacher, tau)
-    return cross_image_affinity_kl_reference(student, teacher, tau).float()
+    return cross_image_affinity_kl_reference(student, teacher, tau)

@@ -92,11 +92,11 @@ def patch_contrast(
     backend: Backend = "auto",
 ) -> torch.Tensor:
     """Sum over all anchors of the Af-DCD omni-contrast InfoNCE term on pooled maps (B, C, H', W'),
-    H' and W' divisible by ``patch``, C by ``groups``; a float32 scalar (see the module docstring)."""
+    H' and W' divisible by ``patch``, C by ``groups``; a scalar, float32 (float64 for float64 inputs; see the module docstring)."""
     check_patch_args(student, teacher, patch, groups, tau)
     if resolve_backend(backend, student, teacher) == "triton":
         from kernels.contrast_triton import patch_contrast_triton
 
         with device_of(student):
             return patch_contrast_triton(student, teacher, patch, groups, tau)
-    return patch_contrast_reference(student, teacher, patch, groups, tau).float()
+    return patch_contrast_reference(student, teacher, patch, groups, tau)

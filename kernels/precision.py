@@ -1,7 +1,8 @@
 """The arithmetic precision of the references: float32 at least.
 
 Half and bfloat16 inputs are promoted to float32 (the accumulation the kernels use); float64 stays
-float64, so the references pass float64 gradcheck. The public functions return float32.
+float64, so the references (and the losses built on them) pass float64 gradcheck. The public functions
+return float32 (float64 for float64 inputs).
 """
 
 from __future__ import annotations

@@ -43,26 +43,26 @@ def spatial_softmax_kl(
     backend: Backend = "auto",
 ) -> torch.Tensor:
     """CWD (LOSSES.md §2) / HWD (§3) core on (N, C, H, W): per row (n, c) a softmax over the H*W positions
-    of x / tau; returns sum_{n,c} weight[n, c] * KL(p_t || p_s) as a float32 scalar (weight (N, C) or None
+    of x / tau; returns sum_{n,c} weight[n, c] * KL(p_t || p_s) as a scalar (float32; float64 for float64 inputs) (weight (N, C) or None
     for ones; no tau^2)."""
     check_same_shape("spatial_softmax_kl", student, teacher, ndim=4)
     check_tau("spatial_softmax_kl", tau)
     n, c = student.shape[:2]
     rows = _softmax_kl_rows(student.flatten(2), teacher.flatten(2), tau, 2, backend)
     if weight is None:
-        return rows.sum().float()
+        return rows.sum()
     if weight.shape != (n, c):
         raise ValueError(
             f"spatial_softmax_kl: weight has shape {tuple(weight.shape)}, expected (N, C) = {(n, c)}"
         )
-    return (rows * weight.to(rows.dtype)).sum().float()
+    return (rows * weight.to(rows.dtype)).sum()
 
 
 def class_softmax_kl(
     student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0, *, backend: Backend = "auto"
 ) -> torch.Tensor:
     """Pixel KD (LOSSES.md §1) on (N, K, H, W): per pixel a softmax over the K classes of x / tau; returns
-    the sum over the N*H*W pixels of KL(q_t || q_s) as a float32 scalar (no tau^2)."""
+    the sum over the N*H*W pixels of KL(q_t || q_s) as a scalar (float32; float64 for float64 inputs) (no tau^2)."""
     check_same_shape("class_softmax_kl", student, teacher, ndim=4)
     check_tau("class_softmax_kl", tau)
-    return _softmax_kl_rows(student.flatten(2), teacher.flatten(2), tau, 1, backend).sum().float()
+    return _softmax_kl_rows(student.flatten(2), teacher.flatten(2), tau, 1, backend).sum()

@@ -3,8 +3,8 @@ distillation and its magnitude term (§5.1), LAD / CAD (§5.2), MGD (§9) and Af
 invariances, the Af-DCD positive / negative / excluded sets on a tiny case, finite values on odd sizes,
 build-time errors, and one short run per loss through the real trainer.
 
-Af-DCD's contrast runs through ``kernels.patch_contrast`` (float32 by contract): compared at float32
-precision. Everything else is gradchecked in float64.
+Af-DCD's contrast runs through ``kernels.patch_contrast``, which keeps float64 inputs in float64. Everything
+is gradchecked in float64.
 """
 
 from __future__ import annotations
