@@ -55,11 +55,12 @@ def latency_vs_miou_plot(results: list[dict[str, Any]], path: Path, title: str) 
     points = [r for r in results if r["accuracy"] is not None]
     if not points:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in points:
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    markers = "osD^vP*Xh<>"
+    for i, r in enumerate(points):
         x, y = r["end_to_end"]["p50_ms"], 100 * r["accuracy"]["miou"]
-        ax.scatter([x], [y], s=40)
-        ax.annotate(f"{r['name']} ({r['backend']})", (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.scatter([x], [y], s=50, marker=markers[i % len(markers)], label=f"{r['name']} ({r['backend']}, {r['precision']})")
+    ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")  # beside the axes: points often share an mIoU
     ax.set_xlabel("end-to-end latency, p50 (ms)")
     ax.set_ylabel("mIoU (%)")
     ax.set_title(title)
