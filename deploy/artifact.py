@@ -19,7 +19,6 @@ from distill.checkpoint import atomic_write_text, sha256_of
 from distill.registry import ConfigError
 
 FORMAT = "segdistill-artifact/1"
-KINDS = ("checkpoint", "onnx", "torchscript", "torch_export", "tensorrt")
 
 
 class ArtifactError(ConfigError):
@@ -36,7 +35,7 @@ class TensorSpec:
 
 @dataclass
 class ArtifactInfo:
-    kind: str
+    kind: str  # checkpoint, onnx, torchscript, torch_export or tensorrt
     file: str  # the artifact's file name, beside the sidecar
     precision: str  # fp32, fp16, bf16 or int8
     input: TensorSpec

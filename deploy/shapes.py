@@ -36,13 +36,6 @@ def parse_shape(text: str, where: str = "--shape") -> ImageShape:
     return ImageShape(values[0], values[2], values[3])
 
 
-def shape_from_tensor(shape: list[int | str] | tuple[int, ...], layout: str) -> ImageShape:
-    """The image shape of a concrete input tensor shape."""
-    if layout == "NHWC":
-        return ImageShape(int(shape[0]), int(shape[1]), int(shape[2]))
-    return ImageShape(int(shape[0]), int(shape[2]), int(shape[3]))
-
-
 def accepts(spec_shape: list[int | str], layout: str, shape: ImageShape) -> bool:
     """Whether an input declared as ``spec_shape`` (strings = dynamic) accepts ``shape``."""
     wanted = shape.tensor_shape(layout)

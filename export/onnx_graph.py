@@ -63,7 +63,3 @@ def graph_precision(model: onnx.ModelProto) -> str:
         if init.data_type in names:
             counts[names[init.data_type]] += math.prod(init.dims)
     return max(counts, key=counts.get)
-
-
-def opset_of(model: onnx.ModelProto) -> int:
-    return next(op.version for op in model.opset_import if op.domain in ("", "ai.onnx"))
