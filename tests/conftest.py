@@ -10,6 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+# Without CUDA the Triton kernels run under the interpreter, which triton reads when it is first
+# imported: set here, before any test module (or torch) can import triton. Subprocesses inherit it.
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # A tiny but real training setup: LCNet-0.5 + FCN head on 32x32 synthetic scenes.

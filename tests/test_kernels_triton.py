@@ -1,7 +1,7 @@
 """Each Triton kernel against its reference: forward values and gradients.
 
 On a machine without CUDA the kernels run on CPU tensors under the Triton interpreter
-(TRITON_INTERPRET=1, set here before triton is imported); with CUDA they run on the GPU. Shapes are
+(TRITON_INTERPRET=1, set by conftest.py before anything imports triton); with CUDA they run on the GPU. Shapes are
 small (the interpreter is slow) but chosen so every masked tail is hit: lengths that are not powers of
 two, tiles smaller than the data (several blocks, a ragged last one), rows split into segments.
 
@@ -13,14 +13,10 @@ Tolerances (kernel vs reference, both accumulating in float32 from the same inpu
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu":
-    os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
 
 import torch.nn.functional as F  # noqa: E402

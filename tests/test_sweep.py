@@ -4,6 +4,7 @@ crashing trial, energy figures and the report files; plus the checks of a search
 from __future__ import annotations
 
 import glob
+import multiprocessing
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 
 from distill.registry import ConfigError
 from distill.study.space import check_against_config, load_space, parse_space
+from distill.study.storage import open_storage
 from tests.conftest import ROOT, TINY, run_python, subprocess_env
 
 SPACE = """\
@@ -116,6 +118,35 @@ def test_two_workers_share_a_study_survive_a_kill_and_report(tmp_path):
     assert "| student alone | study | lr=" in text and " ± " in text and "**" in text
     assert "Invalid learning rate" in text
     assert ("| student (est.) | 4 |" if not rapl_readable() else "| student | 4 |") in text
+
+
+def claim_waiting_trials(url: str, start: multiprocessing.synchronize.Barrier, claimed: multiprocessing.Queue) -> None:
+    """One worker's part of the race below: claim waiting trials as Optuna does when it pops one."""
+    storage = open_storage(url, heartbeat_s=60)
+    study_id = storage.get_study_id_from_name("race")
+    start.wait()
+    mine = []
+    while waiting := storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        mine += [t.number for t in waiting if storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.RUNNING)]
+    claimed.put(mine)
+
+
+def test_each_waiting_trial_is_claimed_by_one_worker(tmp_path):
+    """Four processes race for 40 queued trials on one SQLite file: each trial goes to exactly one of them
+    (without BEGIN IMMEDIATE, SQLite let two workers claim, and run, the same trial)."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="race", storage=open_storage(url, heartbeat_s=60))
+    for i in range(40):
+        study.enqueue_trial({"x": i})
+    context = multiprocessing.get_context("spawn")
+    start, claimed = context.Barrier(4), context.Queue()
+    workers = [context.Process(target=claim_waiting_trials, args=(url, start, claimed)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    claims = sorted(n for _ in workers for n in claimed.get(timeout=120))
+    for worker in workers:
+        worker.join(timeout=60)
+    assert claims == list(range(40))
 
 
 def test_space_file_errors_name_the_problem(tmp_path):

@@ -8,6 +8,11 @@
 * The folder holds ``study.json`` (the storage URL, the study's name and its setup: base config, space,
   seeds, overrides) and ``runs/NNNN/``, one ordinary run folder per trial.
 
+On SQLite every transaction starts with ``BEGIN IMMEDIATE`` (it takes the write lock before reading):
+Optuna claims a queued trial by reading that it is waiting and then marking it running, which
+PostgreSQL guards with ``SELECT ... FOR UPDATE`` but SQLite, whose reads take no lock, lets two
+workers do at once; both would then run the same trial.
+
 Workers send a heartbeat while a trial runs. A trial whose heartbeat stops (its worker was killed) is
 marked failed by the next worker that looks, and re-queued with the same parameters (Optuna's
 ``RetryHeartbeatStaleTrialCallback``); the retry resumes the run folder's checkpoints.
@@ -22,7 +27,8 @@ from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from sqlalchemy.engine import make_url
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
 
 from distill.registry import ConfigError
 
@@ -39,17 +45,36 @@ def default_storage(study_dir: Path) -> str:
     return f"sqlite:///{(study_dir / 'study.db').resolve()}"
 
 
+def lock_sqlite_transactions(engine: Engine) -> None:
+    """Start every transaction of ``engine`` (SQLite) with BEGIN IMMEDIATE, so that a read-then-write
+    such as claiming a waiting trial is atomic between processes."""
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # the sqlite3 module's own deferred BEGIN is off ...
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")  # ... and this one takes the write lock at once
+
+    engine.dispose()  # connections opened before the listeners (table creation) are not reused
+
+
 def open_storage(url: str, heartbeat_s: int) -> RDBStorage:
-    engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    sqlite = url.startswith("sqlite")
+    engine_kwargs = {"connect_args": {"timeout": 120}} if sqlite else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since Optuna 2.9
-        return RDBStorage(
+        storage = RDBStorage(
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat_s,
             grace_period=3 * heartbeat_s,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
         )
+    if sqlite:
+        lock_sqlite_transactions(storage.engine)
+    return storage
 
 
 def create_study(study_dir: Path, name: str, url: str, setup: dict[str, Any], heartbeat_s: int) -> optuna.Study:
