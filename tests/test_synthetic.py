@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from distill.data.synthetic import SyntheticScenes
+from distill.data.synthetic import CLASSES, FIRST_OBJECT, SyntheticScenes
 
 
 def test_label_noise_relabels_objects_and_nothing_else() -> None:
@@ -13,11 +13,11 @@ def test_label_noise_relabels_objects_and_nothing_else() -> None:
     for i in range(len(clean)):
         (image_c, label_c), (image_n, label_n) = clean[i], noisy[i]
         assert torch.equal(image_c, image_n), "label noise must not change the image"
-        objects = label_c >= 2
+        objects = label_c >= FIRST_OBJECT
         assert objects.any()
         assert torch.equal(label_c[~objects], label_n[~objects]), "sky / ground labels must stay"
         assert (label_n[objects] != label_c[objects]).all(), "with noise 1 every object is relabelled"
-        assert ((label_n[objects] >= 2) & (label_n[objects] <= 6)).all()
+        assert ((label_n[objects] >= FIRST_OBJECT) & (label_n[objects] < len(CLASSES))).all()
 
 
 def test_validation_labels_are_always_clean() -> None:
@@ -33,7 +33,7 @@ def test_noise_rate_is_about_as_configured() -> None:
     for i in range(len(clean)):
         c, n = clean[i][1], noisy[i][1]
         for value in c.unique().tolist():
-            if value >= 2:  # one visible object class region: relabelled as a whole or not at all
+            if value >= FIRST_OBJECT:  # one visible object class region: relabelled as a whole or not at all
                 region = c == value
                 total += 1
                 changed += int((n[region] != value).any())

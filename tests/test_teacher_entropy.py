@@ -9,6 +9,7 @@ import math
 import numpy as np
 import torch
 
+from distill.data.synthetic import CLASSES
 from distill.teacher_entropy import main, pixel_entropy
 
 
@@ -31,8 +32,8 @@ def test_entropy_command_on_a_tiny_teacher(tiny_teacher, tmp_path):
     result = main(["--teacher", str(tiny_teacher), "--taus", "1", "4", "16", "--max-images", "3", "--workers", "0", "--output", str(tmp_path)])
     saved = json.loads((tmp_path / "entropy.json").read_text())
     assert (tmp_path / "entropy.png").stat().st_size > 0
-    assert saved["images"] == 3 and saved["max_entropy"] == math.log(7)
+    assert saved["images"] == 3 and saved["max_entropy"] == math.log(len(CLASSES))
     assert all(sum(stats["counts"]) == saved["pixels"] for stats in saved["taus"].values())
     means = [saved["taus"][t]["mean_entropy"] for t in ("1.0", "4.0", "16.0")]
-    assert means == sorted(means) and means[-1] <= math.log(7)  # softer targets as tau grows
+    assert means == sorted(means) and means[-1] <= math.log(len(CLASSES))  # softer targets as tau grows
     assert result["taus"]["16.0"]["near_one_hot"] <= result["taus"]["1.0"]["near_one_hot"]

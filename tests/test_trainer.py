@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from distill.checkpoint import CheckpointError, load_model, save_model, state_dirs
 from distill.config import ModelConfig
 from distill.data import DatasetInfo
+from distill.data.synthetic import CLASSES
 from distill.evaluate import main as evaluate
 from distill.registry import ConfigError
 from distill.train import NonFiniteLoss, main
@@ -32,7 +33,7 @@ def test_supervised_run_writes_every_output(tiny_teacher: Path) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["miou"] <= 1.0 and [h["step"] for h in metrics["history"]] == [2, 4]
     meta = json.loads((run / "final/model.json").read_text())
-    assert meta["num_classes"] == 7 and meta["classes"][0] == "sky" and len(meta["palette"]) == 7
+    assert meta["num_classes"] == len(CLASSES) and meta["classes"][0] == "sky" and len(meta["palette"]) == len(CLASSES)
     assert meta["mean"] == pytest.approx([0.485, 0.456, 0.406]) and meta["model"]["backbone"] == "lcnet_050"
     # The saved model alone reproduces the reported validation mIoU.
     result = evaluate(["--checkpoint", str(tiny_teacher), "--workers", "0", "--overlays", "2", "--output", str(run / "eval")])
@@ -105,7 +106,7 @@ def test_teacher_with_other_class_count_is_refused(tmp_path: Path) -> None:
     cfg = ModelConfig(backbone="lcnet_050", head="fcn", head_channels=16)
     info = DatasetInfo("other", tuple(f"c{i}" for i in range(5)), tuple((i, i, i) for i in range(5)), 255)
     save_model(build_model(cfg, 5), tmp_path / "teacher", cfg, info, {"data": {"name": "synthetic"}})
-    with pytest.raises(CheckpointError, match="predicts 5 classes.*has 7"):
+    with pytest.raises(CheckpointError, match=f"predicts 5 classes.*has {len(CLASSES)}"):
         main([*TINY, f"output_dir={tmp_path / 'run'}", f"teacher.checkpoint={tmp_path / 'teacher'}", "losses=[{name: pixel_kd}]"])
 
 

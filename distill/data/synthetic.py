@@ -4,8 +4,9 @@ Colour carries no class information: every region and object draws its colours f
 distribution. What tells the classes apart is texture and context:
 
 * sky / ground: smooth low-frequency texture above a wavy horizon, fine grain below it;
-* fine stripes / coarse stripes: the same pattern at two scales (period 4 vs 8 pixels), any orientation;
-* checker: a checkerboard of 5-pixel squares, any orientation;
+* five textured object classes: stripes with periods of 3, 4.5 and 7 pixels and checkerboards of
+  3.5- and 6-pixel squares, at any orientation; neighbouring periods are close, so telling them apart
+  takes more than a few filters;
 * flyer / crawler: identical dotted blobs, labelled by whether they lie above or below the horizon,
   so telling them apart needs a receptive field that reaches the horizon.
 
@@ -25,8 +26,21 @@ import torch
 
 from distill.data.base import DatasetInfo
 
-CLASSES = ("sky", "ground", "fine stripes", "coarse stripes", "checker", "flyer", "crawler")
-PALETTE = ((70, 130, 180), (152, 251, 152), (220, 20, 60), (255, 140, 0), (106, 90, 205), (255, 255, 0), (0, 0, 142))
+# Object textures: (pattern, period in pixels). Similar periods make the classes hard to tell apart.
+TEXTURES = {
+    "fine stripes": ("stripes", 3.0),
+    "medium stripes": ("stripes", 4.5),
+    "coarse stripes": ("stripes", 7.0),
+    "small checker": ("checker", 3.5),
+    "large checker": ("checker", 6.0),
+}
+CLASSES = ("sky", "ground", *TEXTURES, "flyer", "crawler")
+PALETTE = (
+    (70, 130, 180), (152, 251, 152), (220, 20, 60), (255, 140, 0), (255, 0, 255), (106, 90, 205), (0, 255, 255),
+    (255, 255, 0), (0, 0, 142),
+)  # fmt: skip
+FIRST_OBJECT = 2
+FLYER, CRAWLER = len(CLASSES) - 2, len(CLASSES) - 1
 IGNORE_INDEX = 255
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 
@@ -61,7 +75,7 @@ def render_scene(rng: np.random.Generator, h: int, w: int, label_noise: float = 
     label = below.astype(np.int64)  # 0 sky, 1 ground
 
     for _ in range(int(rng.integers(1, 4))):
-        kind = int(rng.integers(2, 6))  # 2 fine, 3 coarse, 4 checker, 5 blob (flyer or crawler)
+        kind = int(rng.integers(FIRST_OBJECT, FLYER + 1))  # a texture, or a dotted blob (flyer or crawler)
         cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
         ry, rx = rng.uniform(0.15, 0.3) * h, rng.uniform(0.15, 0.3) * w
         if rng.uniform() < 0.5:
@@ -70,22 +84,23 @@ def render_scene(rng: np.random.Generator, h: int, w: int, label_noise: float = 
             inside = (np.abs(yy - cy) <= ry) & (np.abs(xx - cx) <= rx)
         angle = rng.uniform(0, np.pi)
         u = xx * np.cos(angle) + yy * np.sin(angle)
-        if kind == 2:
-            pattern = (np.sin(2 * np.pi * u / 4.0) > 0).astype(np.float32)
-        elif kind == 3:
-            pattern = (np.sin(2 * np.pi * u / 8.0) > 0).astype(np.float32)
-        elif kind == 4:
-            v = -xx * np.sin(angle) + yy * np.cos(angle)
-            pattern = ((np.floor(u / 5.0) + np.floor(v / 5.0)) % 2).astype(np.float32)
+        v = -xx * np.sin(angle) + yy * np.cos(angle)
+        if kind < FLYER:
+            pattern_kind, period = TEXTURES[CLASSES[kind]]
+            if pattern_kind == "stripes":
+                pattern = (np.sin(2 * np.pi * u / period) > 0).astype(np.float32)
+            else:
+                pattern = ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float32)
         else:
             pattern = np.zeros((h, w), np.float32)
             for _ in range(int(rng.integers(15, 30))):
                 dy, dx = rng.uniform(-ry, ry), rng.uniform(-rx, rx)
                 pattern[((yy - cy - dy) ** 2 + (xx - cx - dx) ** 2) <= rng.uniform(1.5, 2.5) ** 2] = 1.0
             above_horizon = cy < horizon[int(np.clip(cx, 0, w - 1))]
-            kind = 5 if above_horizon else 6
+            kind = FLYER if above_horizon else CRAWLER
         image = np.where(inside[..., None], _blend(_colour(rng), _colour(rng), pattern), image)
-        relabel, other = rng.uniform() < label_noise, int(rng.choice([k for k in range(2, 7) if k != kind]))
+        others = [k for k in range(FIRST_OBJECT, len(CLASSES)) if k != kind]
+        relabel, other = rng.uniform() < label_noise, int(rng.choice(others))
         kind = other if relabel else kind  # both drawn always: the image does not depend on the noise
         label = np.where(inside, kind, label)
 
