@@ -68,7 +68,7 @@ def write_report(results: list[StudyResult], out: Path) -> Path:
     sections = ["# Study report", "", f"Studies: {', '.join(f'`{r.folder}`' for r in results)}.", ""]
 
     rows = comparison_rows(results)
-    keys = ["dataset", "student", "method", "study", "tuned", "seeds", "mean", "std", "best", "within_one_std"]
+    keys = ["dataset", "student", "method", "study", "tuned", "seeds", "mean", "std", "best", "within_one_std", "teacher", "vs_student", "gap_closed"]
     write_csv(out / "comparison.csv", keys, [[r[k] for k in keys] for r in rows])
     sections += ["## Final comparison (mIoU %, each method with its own tuned hyper-parameters)", "", comparison_markdown(rows), ""]
     for dataset, student in sorted({(r["dataset"], r["student"]) for r in rows}):
@@ -86,7 +86,7 @@ def write_report(results: list[StudyResult], out: Path) -> Path:
         if base:
             sections += ["On top of " + "; ".join(f"`{b['study']}` best ({describe_params(b['params'])})" for b in base) + ".", ""]
         sections += [markdown_table(header, table), ""]
-        if result.setup["space"]["sampler"] == "grid":
+        if result.setup["space"]["sampler"] == "grid" and result.setup["space"]["params"]:
             name = f"heatmap_{slug(result.name)}.png"
             grid_heatmap(result, out / name)
             sections += [f"![{result.name}]({name})", ""]

@@ -10,6 +10,7 @@ import math
 
 from distill.report import write_report
 from distill.study.results import StudyResult, TrialRecord, group_points
+from distill.study.space import parse_space
 from distill.study.tables import comparison_markdown, comparison_rows, energy_rows, grid_table
 
 GRID = {"train.optimizer.lr": [0.01, 0.02], "train.optimizer.weight_decay": [0.0001, 0.001]}
@@ -45,6 +46,34 @@ def test_comparison_marks_the_best_and_those_within_one_std():
     assert "| student alone | a | lr=0.01, weight_decay=0.0001 | 3 | **52.00 ± 2.00** |" in text
     assert "| pixel_kd | b | lr=0.01, weight_decay=0.0001 | 3 | <u>51.00 ± 2.00</u> |" in text
     assert "| pixel_kd + cwd | c | lr=0.02, weight_decay=0.001 | 3 | 41.00 ± 1.00 |" in text
+
+
+def test_comparison_gives_the_gain_over_the_student_and_the_share_of_the_gap(tmp_path):
+    teacher_run = tmp_path / "teacher"
+    (teacher_run / "final").mkdir(parents=True)
+    (teacher_run / "metrics.json").write_text(json.dumps({"miou": 0.60}))
+    alone = study("alone", "student alone", {(0.01, 0.0001): [0.49, 0.50, 0.51], (0.02, 0.0001): [0.40, 0.40, 0.40]})
+    kd = study("kd", "pixel_kd", {(0.01, 0.0001): [0.52, 0.53, 0.54]}, teacher=str(teacher_run / "final"))
+    worse = study("worse", "cwd", {(0.01, 0.0001): [0.45, 0.45, 0.45]}, teacher=str(teacher_run / "final"))
+    rows = {r["study"]: r for r in comparison_rows([alone, kd, worse])}
+    assert math.isnan(rows["alone"]["vs_student"]) and math.isnan(rows["alone"]["gap_closed"])
+    assert math.isclose(rows["kd"]["vs_student"], 0.03) and math.isclose(rows["kd"]["gap_closed"], 0.03 / 0.10)
+    assert math.isclose(rows["worse"]["gap_closed"], -0.05 / 0.10)
+    text = comparison_markdown(list(rows.values()))
+    assert "(teacher: 60.00 mIoU)" in text
+    assert "| pixel_kd | kd | lr=0.01, weight_decay=0.0001 | 3 | **53.00 ± 1.00** | +3.00 | 30% |" in text
+    assert "| cwd | worse | lr=0.01, weight_decay=0.0001 | 3 | 45.00 ± 0.00 | -5.00 | -50% |" in text
+    assert "| student alone | alone | lr=0.01, weight_decay=0.0001 | 3 | 50.00 ± 1.00 | - | - |" in text
+
+
+def test_a_study_of_seeds_only_has_one_cell():
+    space = parse_space({"params": {}}, "seeds.yaml")
+    assert space.grid() == {}
+    records = [TrialRecord(i, "COMPLETE", {}, i, v, {}, None, None, f"runs/{i:04d}") for i, v in enumerate([0.4, 0.5])]
+    setup = {"space": space.as_dict(), "overrides": [], "seeds": [0, 1]}
+    result = StudyResult("s", "runs/s", setup, records, group_points(records, {}), "camvid", "mnv2", "cwd", None)
+    assert grid_table(result) == (["", "mIoU (%)"], [["base config", "45.00 ± 7.07"]])
+    assert comparison_rows([result])[0]["seeds"] == 2
 
 
 def test_grid_table_puts_each_point_in_its_cell():

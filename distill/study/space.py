@@ -5,7 +5,8 @@ A space file (YAML)::
     sampler: grid            # grid (every combination) | tpe | random
     points: 20               # tpe / random: how many points to sample (each one is trained with every seed)
     metric: miou             # the key of metrics.json to maximise: miou (final model) or best_miou
-    params:                  # any config key, as in a key=value override
+    params:                  # any config key, as in a key=value override (grid: may be empty, {}, for a
+                             # study of the base config over seeds only, e.g. one row of a comparison)
       train.optimizer.lr: [0.005, 0.01, 0.02]                    # grid: the values
       train.optimizer.weight_decay: {low: 1.0e-5, high: 1.0e-3, log: true}   # tpe / random: a range
       losses.0.params.tau: {choices: [1, 2, 4]}                  # tpe / random: a set
@@ -116,7 +117,7 @@ def parse_space(values: dict, source: str) -> SearchSpace:
         raise ConfigError(f"space file {source!r}: sampler {space.sampler!r} is not one of {', '.join(SAMPLERS)}")
     if space.metric not in ("miou", "best_miou", "pixel_accuracy"):
         raise ConfigError(f"space file {source!r}: metric {space.metric!r} is not one of miou, best_miou, pixel_accuracy")
-    if not isinstance(space.params, dict) or not space.params:
+    if not isinstance(space.params, dict) or (not space.params and space.sampler != "grid"):
         raise ConfigError(f"space file {source!r}: 'params' must map config keys to their values")
     if "seed" in space.params:
         raise ConfigError(f"space file {source!r}: 'seed' is not a parameter; give the number of seeds with --seeds")

@@ -30,7 +30,9 @@ def mean_std(point: Point | None) -> str:
 
 def comparison_rows(results: list[StudyResult]) -> list[dict[str, Any]]:
     """One row per study (its best point), grouped by (dataset, student); within a group the best mean is
-    marked ``best`` and every other mean at least (best mean - best std) ``within_one_std``."""
+    marked ``best`` and every other mean at least (best mean - best std) ``within_one_std``. Where the
+    group has a ``student alone`` row, each distilled row also gets its difference to it (``vs_student``)
+    and, when its teacher's run recorded an mIoU, the share of the teacher-student gap it closes."""
     rows = []
     for result in results:
         best = result.best()
@@ -45,6 +47,9 @@ def comparison_rows(results: list[StudyResult]) -> list[dict[str, Any]]:
             "std": best.std if best else float("nan"),
             "best": False,
             "within_one_std": False,
+            "teacher": _teacher_metrics(result.teacher_checkpoint).get("miou", float("nan")),
+            "vs_student": float("nan"),
+            "gap_closed": float("nan"),
         })  # fmt: skip
     for group in {(r["dataset"], r["student"]) for r in rows}:
         members = [r for r in rows if (r["dataset"], r["student"]) == group and not math.isnan(r["mean"])]
@@ -54,28 +59,48 @@ def comparison_rows(results: list[StudyResult]) -> list[dict[str, Any]]:
         top["best"] = True
         for row in members:
             row["within_one_std"] = row is not top and row["mean"] >= top["mean"] - top["std"]
+        alone = [r for r in members if r["method"] == "student alone"]
+        if not alone:
+            continue
+        baseline = max(alone, key=lambda r: r["mean"])["mean"]  # the tuned student alone
+        for row in members:
+            if row["method"] != "student alone":
+                row["vs_student"] = row["mean"] - baseline
+                if row["teacher"] > baseline:
+                    row["gap_closed"] = row["vs_student"] / (row["teacher"] - baseline)
     return rows
 
 
 def comparison_markdown(rows: list[dict[str, Any]]) -> str:
+    def signed(value: float) -> str:
+        return "-" if math.isnan(value) else f"{100 * value:+.2f}"
+
     lines = []
     for dataset, student in sorted({(r["dataset"], r["student"]) for r in rows}):
+        group = [r for r in rows if (r["dataset"], r["student"]) == (dataset, student)]
+        teachers = sorted({pct(r["teacher"]) for r in group if not math.isnan(r["teacher"])})
         lines += [
-            f"### {dataset} · {student}",
+            f"### {dataset} · {student}" + (f" (teacher: {', '.join(teachers)} mIoU)" if teachers else ""),
             "",
-            "| method | study | tuned hyper-parameters | seeds | mIoU (%) |",
-            "|---|---|---|---:|---:|",
+            "| method | study | tuned hyper-parameters | seeds | mIoU (%) | vs student alone | gap closed |",
+            "|---|---|---|---:|---:|---:|---:|",
         ]
-        for row in (r for r in rows if (r["dataset"], r["student"]) == (dataset, student)):
+        for row in group:
             cell = f"{pct(row['mean'])} ± {pct(row['std'])}" if not math.isnan(row["mean"]) else "no result"
             if row["best"]:
                 cell = f"**{cell}**"
             elif row["within_one_std"]:
                 cell = f"<u>{cell}</u>"
-            lines.append(f"| {row['method']} | {row['study']} | {row['tuned']} | {row['seeds']} | {cell} |")
+            closed = "-" if math.isnan(row["gap_closed"]) else f"{100 * row['gap_closed']:.0f}%"
+            lines.append(
+                f"| {row['method']} | {row['study']} | {row['tuned']} | {row['seeds']} | {cell} "
+                f"| {signed(row['vs_student'])} | {closed} |"
+            )
         lines.append("")
     lines.append("Mean ± sample standard deviation over seeds, each method at its own best point; **bold**: best; "
-                 "<u>underlined</u>: within one standard deviation of the best.")  # fmt: skip
+                 "<u>underlined</u>: within one standard deviation of the best. vs student alone: mIoU points "
+                 "against the best student-alone row; gap closed: that difference over the teacher's lead on it "
+                 "(the teacher's final mIoU from its run's metrics.json).")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -85,6 +110,8 @@ def comparison_markdown(rows: list[dict[str, Any]]) -> str:
 def grid_table(result: StudyResult) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the heat-map table: the last parameter across, the others down (mean ± std)."""
     keys = list(result.setup["space"]["params"])
+    if not keys:  # seeds only: the base config
+        return ["", "mIoU (%)"], [["base config", mean_std(result.points[0] if result.points else None)]]
     if result.setup["space"]["sampler"] != "grid":
         header = [*(short(k) for k in keys), "seeds", "mIoU (%)"]
         ranked = sorted(result.points, key=lambda p: p.mean if p.values else -math.inf, reverse=True)
@@ -114,14 +141,12 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 # ---- energy (Niemann et al., Table 8) ------------------------------------------------------------
 
 
-def _teacher_energy(checkpoint: str | None) -> dict[str, Any] | None:
-    """The energy record of the run that trained the teacher (RUN/final -> RUN/metrics.json), if any."""
+def _teacher_metrics(checkpoint: str | None) -> dict[str, Any]:
+    """metrics.json of the run that trained the teacher (RUN/final -> RUN/metrics.json); {} if unknown."""
     if checkpoint is None:
-        return None
+        return {}
     metrics = Path(checkpoint).parent / "metrics.json"
-    if not metrics.is_file():
-        return None
-    return json.loads(metrics.read_text()).get("energy")
+    return json.loads(metrics.read_text()) if metrics.is_file() else {}
 
 
 def _cost_row(model: str, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -152,7 +177,7 @@ def energy_rows(results: list[StudyResult]) -> list[dict[str, Any]]:
         energies = [r.energy for r in result.records if r.state == "COMPLETE" and r.energy]
         (distilled if result.teacher_checkpoint else student).extend(energies)
         if result.teacher_checkpoint:
-            teachers[result.teacher_checkpoint] = _teacher_energy(result.teacher_checkpoint)
+            teachers[result.teacher_checkpoint] = _teacher_metrics(result.teacher_checkpoint).get("energy")
     rows = [_cost_row("student", student), _cost_row("student + KD", distilled)]
     rows.append(_cost_row("teacher", [e for e in teachers.values() if e]))
     return rows
