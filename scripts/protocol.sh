@@ -26,10 +26,7 @@ PY="${PY:-./run.sh python}"
 sweep() { $PY distill/sweep.py --seeds "$seeds" --workers "$workers" "$@"; }
 start=$(date +%s)
 
-if [ ! -f "$out/teacher/final/model.json" ]; then
-    resume=$([ -d "$out/teacher/checkpoints" ] && echo --resume || true)
-    $PY -m distill.train --config "$presets/teacher.yaml" "output_dir=$out/teacher" $resume "$@"
-fi
+PY="$PY" scripts/train_teacher.sh "$presets" "$out" "$@"
 teacher="teacher.checkpoint=$out/teacher/final"
 
 sweep --config "$presets/student.yaml" --space "$presets/stage1_lr_wd.yaml" --study "$out/stage1_student" "$@"

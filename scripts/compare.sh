@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Compare distillation methods on one pair: every method preset of a folder trained with several seeds at
+# its own settings (a study of seeds only per method), then one report with mean ± std, the gain over the
+# student alone and the share of the teacher-student gap closed.
+# Usage: scripts/compare.sh PRESETS OUTPUT [--seeds N] [--workers N] [--methods "student student_kd cwd"] [key=value ...]
+#   e.g. scripts/compare.sh configs/camvid runs/compare/camvid --seeds 2
+# PRESETS holds teacher.yaml, student.yaml and one <method>.yaml per method; the teacher is trained into
+# OUTPUT/teacher first (skipped when it exists) and every KD preset reads it. Overrides apply to the teacher
+# and to every run. Each study resumes, so the script can simply be started again. PY selects the Python command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+presets="$1"; out="$2"; shift 2
+seeds=2; workers=1
+methods="student student_kd cwd hwd afdcd mgd lad cad dist skd ifvd"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --seeds) seeds="$2"; shift 2 ;;
+        --workers) workers="$2"; shift 2 ;;
+        --methods) methods="$2"; shift 2 ;;
+        *) break ;;
+    esac
+done
+PY="${PY:-./run.sh python}"
+start=$(date +%s)
+PY="$PY" scripts/train_teacher.sh "$presets" "$out" "$@"
+studies=()
+for method in $methods; do
+    teacher=()
+    [ "$method" != student ] && teacher=("teacher.checkpoint=$out/teacher/final")
+    $PY distill/sweep.py --config "$presets/$method.yaml" --space configs/protocol/seeds.yaml --seeds "$seeds" \
+        --workers "$workers" --study "$out/$method" "${teacher[@]}" "$@"
+    studies+=("$out/$method")
+done
+$PY distill/report.py "${studies[@]}" --output "$out/report"
+echo "comparison done in $(( ($(date +%s) - start) / 60 )) min; report: $out/report/report.md"
