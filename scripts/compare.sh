@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 presets="$1"; out="$2"; shift 2
 seeds=2; workers=1
-methods="student student_kd cwd hwd afdcd mgd lad cad dist skd ifvd"
+methods="student student_kd cwd hwd afdcd mgd lad cad dist skd skd_cirkd ifvd"
 while [ $# -gt 0 ]; do
     case "$1" in
         --seeds) seeds="$2"; shift 2 ;;
