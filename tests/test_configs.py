@@ -77,7 +77,7 @@ def dry_run(model: ModelConfig) -> SegOutput:
     return _outputs[key]
 
 
-DISTILLATION_PRESETS = [p for p in PRESETS if load_config(p).losses]
+DISTILLATION_PRESETS = [p for p in PRESETS if load(p).losses]
 
 
 @pytest.mark.parametrize("path", DISTILLATION_PRESETS, ids=preset_id)
