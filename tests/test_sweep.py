@@ -17,7 +17,9 @@ import pytest
 
 from distill.registry import ConfigError
 from distill.study.space import check_against_config, load_space, parse_space
-from distill.study.storage import open_storage
+from distill.study.storage import load_study, open_storage, read_study_file
+from distill.study.worker import build_sampler
+from distill.sweep import parse_args, start
 from tests.conftest import ROOT, TINY, run_python, subprocess_env
 
 SPACE = """\
@@ -80,7 +82,7 @@ def test_two_workers_share_a_study_survive_a_kill_and_report(tmp_path):
         time.sleep(0.2)
     assert not runs_of(study_dir), "training processes outlived the killed sweep"
     finished = {t.number: (Path(t.user_attrs["run_dir"]) / "metrics.json").stat().st_mtime_ns for t in done}
-    killed = {t.number for t in running}
+    killed = [t for t in trials(study_dir) if t.state.name == "RUNNING"]  # training, or claimed a moment before the kill
 
     resumed = subprocess.run(sweep_command(space, study_dir), cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -93,11 +95,13 @@ def test_two_workers_share_a_study_survive_a_kill_and_report(tmp_path):
         assert (Path(trial.user_attrs["run_dir"]) / "metrics.json").stat().st_mtime_ns == mtime
     completed = sorted((t.params["train.optimizer.lr"], t.params["seed"]) for t in final if t.state.name == "COMPLETE")
     assert completed == [(0.01, 0), (0.01, 1), (0.02, 0), (0.02, 1)]  # every good point x seed, once
-    for number in killed:  # killed trials failed (no error of their own) and were retried in their run folder
-        assert by_number[number].state.name == "FAIL" and "error" not in by_number[number].user_attrs
-        retries = [t for t in final if t.user_attrs.get("root") == by_number[number].user_attrs["root"] and t.number != number]
+    for trial in killed:  # killed trials failed (no error of their own) and were retried once, in their run folder
+        assert by_number[trial.number].state.name == "FAIL" and "error" not in by_number[trial.number].user_attrs
+        retries = [t for t in final if t.system_attrs.get("retry_history", [None])[-1] == trial.number]
         assert [t.state.name for t in retries] == ["COMPLETE"]
-        assert retries[0].user_attrs["run_dir"] == by_number[number].user_attrs["run_dir"]
+        if "run_dir" in trial.user_attrs:  # it had started training: the retry resumes its folder
+            assert retries[0].user_attrs["run_dir"] == trial.user_attrs["run_dir"]
+    assert any("run_dir" in t.user_attrs for t in killed)
     crashed = [t for t in final if t.params["train.optimizer.lr"] == -1.0]
     assert len(crashed) == 2 and all(t.state.name == "FAIL" and "Invalid learning rate" in t.user_attrs["error"] for t in crashed)
     assert len([t for t in final if t.state.name != "PRUNED"]) == 6 + len(killed)  # PRUNED: a raced duplicate
@@ -118,6 +122,24 @@ def test_two_workers_share_a_study_survive_a_kill_and_report(tmp_path):
     assert "| student alone | study | lr=" in text and " ± " in text and "**" in text
     assert "Invalid learning rate" in text
     assert ("| student (est.) | 4 |" if not rapl_readable() else "| student | 4 |") in text
+
+
+def test_a_trial_claimed_by_a_worker_killed_before_its_first_heartbeat_is_retried(tmp_path):
+    """Optuna marks a trial running before its heartbeat thread first beats; a worker killed in between
+    left a running trial that was never found stale, and every later worker waited for it forever."""
+    space, study_dir = tmp_path / "space.yaml", tmp_path / "study"
+    space.write_text("params:\n  train.optimizer.lr: [0.01]\n")
+    command = ["distill/sweep.py", "--space", str(space), "--seeds", "1", "--study", str(study_dir), "--heartbeat", "1", *RUN]
+    setup = read_study_file(start(parse_args(command[1:])))["setup"]
+    study, _ = load_study(study_dir, build_sampler(parse_space(setup["space"], "space"), setup["seeds"]))
+    with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna: heartbeats are meant for Study.optimize, as the workers use them
+        orphan = study.ask()  # claimed (running, grid point 0 assigned), and its worker dies before any heartbeat
+
+    resumed = run_python(command, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    final = trials(study_dir)
+    assert final[orphan.number].state.name == "FAIL"
+    assert [(t.state.name, t.params) for t in final[orphan.number + 1 :]] == [("COMPLETE", {"train.optimizer.lr": 0.01, "seed": 0})]
 
 
 def claim_waiting_trials(url: str, start: multiprocessing.synchronize.Barrier, claimed: multiprocessing.Queue) -> None:

@@ -15,18 +15,24 @@ workers do at once; both would then run the same trial.
 
 Workers send a heartbeat while a trial runs. A trial whose heartbeat stops (its worker was killed) is
 marked failed by the next worker that looks, and re-queued with the same parameters (Optuna's
-``RetryHeartbeatStaleTrialCallback``); the retry resumes the run folder's checkpoints.
+``RetryHeartbeatStaleTrialCallback``); the retry resumes the run folder's checkpoints. Optuna marks a trial
+running before its first heartbeat and never finds a trial without one stale, so a worker killed in that
+instant left a trial every other worker waited for forever: ``HeartbeatStorage`` also counts as stale a
+running trial that has no heartbeat a grace period after it started.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._rdb.models import TrialHeartbeatModel  # Optuna has no public reader of heartbeats
+from optuna.trial import TrialState
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 
@@ -60,12 +66,31 @@ def lock_sqlite_transactions(engine: Engine) -> None:
     engine.dispose()  # connections opened before the listeners (table creation) are not reused
 
 
+class HeartbeatStorage(RDBStorage):
+    """Optuna's RDB storage whose stale trials include those that never sent a heartbeat."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        # datetime_start is the claiming worker's clock (datetime.now()); the grace period covers small skews
+        started_before = datetime.now() - timedelta(seconds=self.grace_period)
+        running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        suspects = [t._trial_id for t in running if t._trial_id not in stale and t.datetime_start < started_before]
+        if not suspects:
+            return stale
+        session = self.scoped_session()
+        try:
+            beating = {row[0] for row in session.query(TrialHeartbeatModel.trial_id).filter(TrialHeartbeatModel.trial_id.in_(suspects))}
+        finally:
+            self.scoped_session.remove()
+        return stale + [trial_id for trial_id in suspects if trial_id not in beating]
+
+
 def open_storage(url: str, heartbeat_s: int) -> RDBStorage:
     sqlite = url.startswith("sqlite")
     engine_kwargs = {"connect_args": {"timeout": 120}} if sqlite else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since Optuna 2.9
-        storage = RDBStorage(
+        storage = HeartbeatStorage(
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat_s,
