@@ -155,7 +155,7 @@ def test_hinge_discriminator_loss_matches_formula() -> None:
     with torch.no_grad():
         d_s, d_t = d(student).flatten().tolist(), d(teacher).flatten().tolist()
     expected = 0.1 * (sum(max(0.0, 1 - v) for v in d_t) / len(d_t) + sum(max(0.0, 1 + v) for v in d_s) / len(d_s))
-    assert float(loss.discriminator_loss(student, teacher)) == pytest.approx(expected, rel=1e-12)
+    assert loss.discriminator_loss(student, teacher).item() == pytest.approx(expected, rel=1e-12)
 
 
 def test_discriminator_loss_trains_the_discriminator_only() -> None:
@@ -165,7 +165,7 @@ def test_discriminator_loss_trains_the_discriminator_only() -> None:
     loss.discriminator_loss(student.detach(), teacher.float()).backward()
     assert student.grad is None
     grads = [p.grad for p in loss.discriminator.parameters()]
-    assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+    assert all(g is not None for g in grads) and sum(g.abs().sum().item() for g in grads) > 0
 
 
 def test_gradcheck_student_term_and_penalty() -> None:
