@@ -22,6 +22,7 @@ from distill.study.storage import load_study, read_study_file
 from distill.study.trial import TrialError, run_training
 
 SEED = "seed"
+POLL_S = 5  # seconds between looks at a study whose remaining trials run elsewhere
 
 
 def build_sampler(space: SearchSpace, seeds: list[int]) -> optuna.samplers.BaseSampler:
@@ -133,6 +134,8 @@ def run_worker(study_dir: Path, env: dict[str, str] | None = None) -> None:
         if has_work(study, space, setup["seeds"]):
             study.optimize(objective, n_trials=1, catch=(TrialError,))
         elif any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
-            time.sleep(info["heartbeat_s"])  # another worker's trial, or a killed one that is not stale yet
+            # another worker's trial, or a killed one that is not stale yet; look again soon, so that a stage
+            # ends within seconds of its last trial even with the default 60 s heartbeat
+            time.sleep(min(info["heartbeat_s"], POLL_S))
         else:
             return
