@@ -16,8 +16,19 @@ class ConfusionMatrix:
         self.counts = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
 
     def update(self, predictions: torch.Tensor, labels: torch.Tensor) -> None:
+        """Count a batch. An id outside 0..num_classes-1 (a label other than ignore_index, or a prediction,
+        e.g. from a deployed artifact with another head) would land in a wrong cell: ValueError instead."""
         valid = labels != self.ignore_index
-        index = labels[valid] * self.num_classes + predictions[valid]
+        labels, predictions = labels[valid], predictions[valid]
+        if labels.numel():
+            spans = torch.stack([labels.min(), labels.max(), predictions.min(), predictions.max()]).tolist()  # one sync
+            for name, (low, high) in (("label", spans[:2]), ("prediction", spans[2:])):
+                if low < 0 or high >= self.num_classes:
+                    raise ValueError(
+                        f"{name} ids span {low}..{high}; expected 0..{self.num_classes - 1} "
+                        f"(or {self.ignore_index} for ignored labels)"
+                    )
+        index = labels * self.num_classes + predictions
         self.counts += torch.bincount(index, minlength=self.num_classes**2).view(self.num_classes, self.num_classes)
 
     def result(self) -> SegMetrics:

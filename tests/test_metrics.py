@@ -146,3 +146,15 @@ def test_table_is_readable() -> None:
     assert "road" in table and "sky" in table
     assert "33.3" in table  # class 0 IoU in percent
     assert "50.0" in table  # the mean
+
+
+def test_ids_outside_the_classes_are_refused() -> None:
+    cm = ConfusionMatrix(3, IGNORE)
+    labels = torch.tensor([[0, 1], [2, IGNORE]])
+    with pytest.raises(ValueError, match=r"prediction ids span 0\.\.3; expected 0\.\.2"):
+        cm.update(torch.tensor([[0, 3], [1, 0]]), labels)
+    with pytest.raises(ValueError, match=r"label ids span -1\.\.2"):
+        cm.update(torch.tensor([[0, 1], [1, 0]]), torch.tensor([[0, -1], [2, IGNORE]]))
+    assert int(cm.counts.sum()) == 0  # a refused batch counts nothing
+    cm.update(torch.tensor([[0, 1], [2, 7]]), labels)  # the prediction at an ignored pixel is not counted
+    assert cm.counts.diag().tolist() == [1, 1, 1] and int(cm.counts.sum()) == 3
