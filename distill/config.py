@@ -2,7 +2,8 @@
 
 Every key is checked: an unknown key, a value of the wrong type, or an unknown dataset / model / loss
 name raises :class:`ConfigError` naming the key and listing the valid choices. A file may start from
-another one with ``base: other.yaml`` (a path relative to the file); its keys are merged on top.
+another one with ``base: other.yaml`` (a path relative to the file); its keys are merged on top: mappings
+key by key, while a list (``losses:``) replaces the base's list whole, as in OmegaConf and mmengine.
 """
 
 from __future__ import annotations

@@ -134,6 +134,13 @@ def test_base_include_merges(tmp_path: Path) -> None:
     assert load_config(child, ["model.head=fcn"]).model.head == "fcn"
 
 
+def test_base_list_is_replaced_whole(tmp_path: Path) -> None:
+    teacher = {"checkpoint": "runs/teacher/final"}
+    write_yaml(tmp_path / "base.yaml", {"teacher": teacher, "losses": [{"name": "pixel_kd"}, {"name": "cwd"}]})
+    child = write_yaml(tmp_path / "child.yaml", {"base": "base.yaml", "losses": [{"name": "dist", "weight": 2.0}]})
+    assert [(loss.name, loss.weight) for loss in load_config(child).losses] == [("dist", 2.0)]
+
+
 def test_base_include_of_itself(tmp_path: Path) -> None:
     path = write_yaml(tmp_path / "loop.yaml", {"base": "loop.yaml"})
     with pytest.raises(ConfigError, match="includes itself"):
