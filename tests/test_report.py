@@ -94,6 +94,13 @@ def test_energy_table_and_report_files(tmp_path):
     assert math.isclose(rows["student + KD"]["train_kwh"], 3.0) and math.isclose(rows["teacher"]["train_kwh"], 8.0)
     assert math.isclose(rows["student"]["infer_kwh_per_10k"], 1e4 * 0.1 / 100)  # eval: kwh / 10 over 100 images
     assert math.isclose(rows["teacher"]["infer_kwh_per_10k"], 1e4 * 0.8 / 50) and rows["teacher"]["estimate"]
+    # A teacher run resumed at its end (copied, evaluated again: 0 steps) has an inference figure, no training one.
+    copied = energy(0.001, images=50)
+    copied["train"]["steps"] = 0
+    (teacher_run / "metrics.json").write_text(json.dumps({"energy": copied}))
+    row = {r["model"]: r for r in energy_rows([alone, kd])}["teacher"]
+    assert row["training_runs"] == 0 and math.isnan(row["train_kwh"]) and math.isclose(row["infer_kwh_per_10k"], 1e4 * 1e-4 / 50)
+    (teacher_run / "metrics.json").write_text(json.dumps({"energy": energy(8.0, images=50)}))
 
     report = write_report([alone, kd], tmp_path / "report")
     text = report.read_text()

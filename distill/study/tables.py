@@ -150,7 +150,8 @@ def _teacher_metrics(checkpoint: str | None) -> dict[str, Any]:
 
 
 def _cost_row(model: str, records: list[dict[str, Any]]) -> dict[str, Any]:
-    train = [r["train"] for r in records if r and r.get("train")]
+    # A run resumed at its end (0 steps: e.g. a copied teacher evaluated again) has no training figure.
+    train = [r["train"] for r in records if r and r.get("train") and r["train"].get("steps", 1) > 0]
     evals = [r["eval"] for r in records if r and r.get("eval") and r["eval"].get("images")]
 
     def mean(values: list[float]) -> float:
@@ -204,6 +205,7 @@ def energy_markdown(rows: list[dict[str, Any]]) -> str:
         f"codecarbon, offline, electricity mix of {', '.join(countries) or 'n/a'}. (est.): the CPU's power was not read "
         "from counters (no RAPL) but estimated from its load and TDP, and RAM power is always codecarbon's "
         "per-GB estimate; treat those figures as estimates. Inference: the final whole-image evaluation of each "
-        "run, divided by its images. A resumed run counts only its last attempt.",
+        "run, divided by its images. A resumed run counts only its last attempt; one resumed at its end (0 "
+        "training steps, such as a copied teacher) counts in the inference columns only.",
     ]
     return "\n".join(lines)
