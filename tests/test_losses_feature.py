@@ -185,7 +185,7 @@ def test_angular_zero_map_is_finite() -> None:
         zero = torch.zeros_like(student).requires_grad_(True)
         loss = build(name, student.shape, teacher.shape)(zero, teacher, context(1))
         loss.backward()
-        assert float(loss) == pytest.approx(1.0) and torch.isfinite(zero.grad).all()
+        assert loss.item() == pytest.approx(1.0) and torch.isfinite(zero.grad).all()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -418,7 +418,7 @@ def test_finite_on_odd_sizes(name: str, b: int, cs: int, h: int, w: int, scale: 
     out = loss(student, teacher.float(), context(b))
     total = sum(out.values()) if isinstance(out, dict) else out
     total.backward()
-    assert torch.isfinite(total) and float(total) >= -1e-5 and torch.isfinite(student.grad).all()
+    assert torch.isfinite(total) and total.item() >= -1e-5 and torch.isfinite(student.grad).all()
 
 
 # ----------------------------------------------------------------------------------------------------
