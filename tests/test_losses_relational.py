@@ -434,7 +434,7 @@ def test_cirkd_memory_without_valid_pixels_still_reaches_the_projection() -> Non
     loss = memory_loss(2, 3, k=2, pixel_memory=4, region_memory=2)
     student, teacher = pair(14, (2, 2, 2, 3), (2, 3, 2, 3))
     value = sum(loss(student.float(), teacher.float(), no_labels(2, 2)).values())
-    assert float(value) == 0.0
+    assert value.item() == 0.0
     value.backward()
     assert all(p.grad is not None for p in loss.projection.parameters())
 
@@ -501,7 +501,7 @@ def test_finite_on_odd_sizes(b: int, c_s: int, c_t: int, h: int, w: int, scale: 
     for loss in losses:
         value = loss(student.clone().requires_grad_(True), teacher, labels)
         value = sum(value.values()) if isinstance(value, dict) else value
-        assert torch.isfinite(value) and float(value) >= -1e-6, type(loss).__name__
+        assert torch.isfinite(value) and value.item() >= -1e-6, type(loss).__name__
         value.backward()
 
 
