@@ -121,7 +121,10 @@ def test_two_workers_share_a_study_survive_a_kill_and_report(tmp_path):
     text = (out / "report.md").read_text()
     assert "| student alone | study | lr=" in text and " ± " in text and "**" in text
     assert "Invalid learning rate" in text
-    assert ("| student (est.) | 4 |" if not rapl_readable() else "| student | 4 |") in text
+    # every finished run, but one retried after its last checkpoint (0 steps of its own) has no training figure
+    trained = sum(t.user_attrs["energy"]["train"]["steps"] > 0 for t in final if t.state.name == "COMPLETE")
+    assert trained >= 4 - len(killed)
+    assert (f"| student (est.) | {trained} |" if not rapl_readable() else f"| student | {trained} |") in text
 
 
 def test_a_trial_claimed_by_a_worker_killed_before_its_first_heartbeat_is_retried(tmp_path):
