@@ -101,8 +101,9 @@ def evaluate(predictor: Predictor, dataset: Dataset, max_images: int | None = No
     batches = (len(dataset) if max_images is None else min(max_images, len(dataset))) // batch_size(info)
     steps = tqdm(image_batches(dataset, info, max_images), f"accuracy {predictor.name}", batches, disable=not progress, leave=False)
     for images, labels in steps:
+        predictions = labels_at(predictor.predict(images), labels.shape[-2:])
         try:
-            matrix.update(labels_at(predictor.predict(images), labels.shape[-2:]), labels)
+            matrix.update(predictions, labels)
         except ValueError as err:  # ids outside the classes: the artifact's or the dataset's, said with their names
             raise ArtifactError(f"{predictor.name} on {dataset.info.name}: {err}") from err
     return matrix.result()

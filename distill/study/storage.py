@@ -74,7 +74,7 @@ class HeartbeatStorage(RDBStorage):
         # datetime_start is the claiming worker's clock (datetime.now()); the grace period covers small skews
         started_before = datetime.now() - timedelta(seconds=self.grace_period)
         running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-        suspects = [t._trial_id for t in running if t._trial_id not in stale and t.datetime_start < started_before]
+        suspects = [t._trial_id for t in running if t.datetime_start < started_before]
         if not suspects:
             return stale
         session = self.scoped_session()
