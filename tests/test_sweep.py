@@ -18,7 +18,7 @@ import pytest
 from distill.registry import ConfigError
 from distill.study.space import check_against_config, load_space, parse_space
 from distill.study.storage import load_study, open_storage, read_study_file
-from distill.study.worker import build_sampler
+from distill.study.worker import build_sampler, duplicate_of
 from distill.sweep import parse_args, start
 from tests.conftest import ROOT, TINY, run_python, subprocess_env
 
@@ -98,7 +98,9 @@ def test_two_workers_share_a_study_survive_a_kill_and_report(tmp_path):
     for trial in killed:  # killed trials failed (no error of their own) and were retried once, in their run folder
         assert by_number[trial.number].state.name == "FAIL" and "error" not in by_number[trial.number].user_attrs
         retries = [t for t in final if t.system_attrs.get("retry_history", [None])[-1] == trial.number]
-        assert [t.state.name for t in retries] == ["COMPLETE"]
+        # one killed before it drew a point has nothing to resume: its retry draws one at its start and steps
+        # aside (PRUNED) when a trial that started earlier trains that point already
+        assert [t.state.name for t in retries] in ([["COMPLETE"]] if trial.params else [["COMPLETE"], ["PRUNED"]])
         if "run_dir" in trial.user_attrs:  # it had started training: the retry resumes its folder
             assert retries[0].user_attrs["run_dir"] == trial.user_attrs["run_dir"]
     assert any("run_dir" in t.user_attrs for t in killed)
@@ -143,6 +145,22 @@ def test_a_trial_claimed_by_a_worker_killed_before_its_first_heartbeat_is_retrie
     final = trials(study_dir)
     assert final[orphan.number].state.name == "FAIL"
     assert [(t.state.name, t.params) for t in final[orphan.number + 1 :]] == [("COMPLETE", {"train.optimizer.lr": 0.01, "seed": 0})]
+
+
+def test_the_later_start_of_two_trials_on_one_point_steps_aside(tmp_path):
+    """A retry keeps the lower number of its queue slot but can start after a newer trial drew the same point
+    (seen in CI: a retry of a trial killed before it drew a grid point drew one already in training)."""
+    study = optuna.create_study(study_name="order", storage=open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat_s=60))
+    storage = study._storage  # the study's cached view of it
+    study.enqueue_trial({"x": 1})  # trial 0, waiting (as a retry does)
+    newer = optuna.Trial(study, storage.create_new_trial(study._study_id))  # trial 1, running first
+    newer.suggest_categorical("x", [1])
+    waiting_id = storage.get_all_trials(study._study_id, deepcopy=False, states=(optuna.trial.TrialState.WAITING,))[0]._trial_id
+    assert storage.set_trial_state_values(waiting_id, optuna.trial.TrialState.RUNNING)  # trial 0 starts now
+    retry = optuna.Trial(study, waiting_id)
+    retry.suggest_categorical("x", [1])
+    assert (retry.number, newer.number) == (0, 1)
+    assert duplicate_of(study, retry) == 1 and duplicate_of(study, newer) is None
 
 
 def claim_waiting_trials(url: str, start: multiprocessing.synchronize.Barrier, claimed: multiprocessing.Queue) -> None:

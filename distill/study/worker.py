@@ -68,15 +68,18 @@ def has_work(study: optuna.Study, space: SearchSpace, seeds: list[int]) -> bool:
 
 def duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
     """The trial that already covers this trial's point and seed: finished, failed with an error of its own,
-    or running with a lower number. Workers racing for the last grid points can draw the same one; the
-    later draw then steps aside (Optuna's advice for duplicate parameters). A killed trial (failed without
-    an error) covers nothing: its retry takes its place."""
+    or running since before this one started. Workers racing for the last grid points can draw the same one;
+    the later start then steps aside (Optuna's advice for duplicate parameters). Start order, not trial
+    number: a retry keeps the lower number of its queue slot but may start after a newer trial drew the same
+    point (the retry of a trial killed before it drew one draws at its start). A killed trial (failed
+    without an error) covers nothing: its retry takes its place."""
+    started = (trial.datetime_start, trial.number)
     for other in study.get_trials(deepcopy=False):
         if other.number == trial.number or other.params != trial.params:
             continue
         if other.state == TrialState.COMPLETE or (other.state == TrialState.FAIL and "error" in other.user_attrs):
             return other.number
-        if other.state == TrialState.RUNNING and other.number < trial.number:
+        if other.state == TrialState.RUNNING and (other.datetime_start, other.number) < started:
             return other.number
     return None
 
