@@ -28,6 +28,7 @@ PRESETS = sorted(
     p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "kdep" and p not in SPACES
 )
 NUM_CLASSES = 5  # any class count: the shapes the losses check do not depend on it
+SHARED_WEIGHTS = ROOT.parent / "shared" / "weights"  # the presets' model.pretrained files (../shared/weights)
 PROBE_SIZE = 128  # c4 of an output-stride-8 model: 16x16, enough for Af-DCD's 4x4 pool + 4x4 patches
 
 
@@ -46,11 +47,17 @@ def test_there_are_presets_for_every_dataset() -> None:
 
 @pytest.mark.parametrize("path", PRESETS, ids=preset_id)
 def test_preset_loads_with_registered_losses(path: Path) -> None:
-    cfg = load_config(path)
+    cfg = load(path)
     for loss in cfg.losses:
         assert loss.name in LOSSES
     if cfg.losses:
         assert cfg.teacher is not None
+
+
+@pytest.mark.skipif(not SHARED_WEIGHTS.is_dir(), reason=f"no local ImageNet weights folder at {SHARED_WEIGHTS}")
+@pytest.mark.parametrize("path", PRESETS, ids=preset_id)
+def test_preset_weights_files_exist(path: Path) -> None:
+    load_config(path)  # ConfigError when a model.pretrained file (../shared/weights/...) is missing
 
 
 @pytest.mark.parametrize("path", SPACES, ids=preset_id)
