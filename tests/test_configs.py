@@ -67,7 +67,7 @@ def test_search_space_loads(path: Path) -> None:
 
 def trained_by() -> dict[str, Path]:
     """Checkpoint folder -> the preset whose run writes it (its output_dir/final)."""
-    return {str(Path(load_config(p).output_dir) / "final"): p for p in PRESETS}
+    return {str(Path(load(p).output_dir) / "final"): p for p in PRESETS}
 
 
 _outputs: dict[str, SegOutput] = {}
