@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distill.checkpoint import atomic_write_text, sha256_of
+from distill.atomic_files import atomic_write_text
+from distill.checkpoint import sha256_of
 from distill.registry import ConfigError
 
 FORMAT = "segdistill-artifact/1"

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from distill.atomic_files import atomic_write, atomic_write_text, current_umask
 from distill.config import ModelConfig, config_to_dict, parse_dataclass
 from distill.models import build_model
 from distill.registry import ConfigError
@@ -36,16 +36,6 @@ STATE_PATTERN = re.compile(r"^step_(\d+)$")
 
 class CheckpointError(ConfigError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def sha256_of(path: Path) -> str:
@@ -60,12 +50,8 @@ def save_model(model: nn.Module, directory: str | Path, model_cfg: ModelConfig, 
     """Write ``model.safetensors`` + ``model.json`` into ``directory``; returns the weights path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    weights = directory / WEIGHTS_NAME
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS_NAME}.")
-    os.close(fd)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, tmp, metadata={"format": FORMAT})
-    os.replace(tmp, weights)
+    weights = atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
     meta = {
         "format": FORMAT,
         "model": config_to_dict(model_cfg),
@@ -178,6 +164,10 @@ def begin_state(run_dir: str | Path, step: int) -> Path:
 def commit_state(tmp: Path, progress: dict[str, Any], keep: int) -> Path:
     """Write ``progress.json``, give the folder its final name, and drop the oldest beyond ``keep``."""
     atomic_write_text(tmp / PROGRESS_NAME, json.dumps(progress, indent=2))
+    # Accelerate writes the model's safetensors with mode 0600 whatever the umask: give them the umask's.
+    for file in tmp.rglob("*"):
+        if file.is_file():
+            file.chmod(0o666 & ~current_umask())
     final = tmp.parent / tmp.name.removeprefix(".tmp_")
     if final.exists():
         shutil.rmtree(final)

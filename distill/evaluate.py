@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from distill.checkpoint import atomic_write_text, load_model
+from distill.atomic_files import atomic_write_text
+from distill.checkpoint import load_model
 from distill.config import DataConfig, EnergyConfig, EvalConfig, parse_dataclass
 from distill.data import build_dataset
 from distill.data.loader import eval_loader

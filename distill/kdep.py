@@ -16,8 +16,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import timm
@@ -29,6 +27,7 @@ from timm.models.efficientnet import EfficientNet
 from timm.models.resnet import ResNet
 from torch import nn
 
+from distill.atomic_files import atomic_write
 from distill.registry import ConfigError
 
 BASIS_FORMAT = "segdistill-kdep-basis/1"
@@ -88,11 +87,8 @@ def fit_basis(features: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Ten
 
 def save_basis(path: Path, mean: torch.Tensor, basis: torch.Tensor, provenance: dict[str, str]) -> None:
     """Write the basis beside its final name, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    save_file({"mean": mean.contiguous(), "basis": basis.contiguous()}, tmp, metadata={"format": BASIS_FORMAT, **provenance})
-    os.replace(tmp, path)
+    tensors = {"mean": mean.contiguous(), "basis": basis.contiguous()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": BASIS_FORMAT, **provenance}))
 
 
 def load_basis(path: Path, teacher_dim: int, student_dim: int) -> tuple[torch.Tensor, torch.Tensor]:

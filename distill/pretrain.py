@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,8 +30,8 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from distill.atomic_files import atomic_write, atomic_write_text
 from distill.checkpoint import (
-    atomic_write_text,
     begin_state,
     commit_state,
     pending_state_dir,
@@ -251,8 +249,6 @@ def main(argv: list[str] | None = None) -> Path:
 
 def save_backbone(model: torch.nn.Module, path: Path, cfg: PretrainConfig, basis_path: Path) -> None:
     """The timm state dict (no classifier), written aside and renamed."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {
         "format": WEIGHTS_FORMAT,
@@ -262,8 +258,7 @@ def save_backbone(model: torch.nn.Module, path: Path, cfg: PretrainConfig, basis
         "svd_basis_sha256": sha256_of(basis_path),
         "iterations": str(cfg.iterations),
     }
-    save_file(state, tmp, metadata=meta)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
 
 

@@ -25,7 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from distill.checkpoint import atomic_write_text, load_model  # noqa: E402
+from distill.atomic_files import atomic_write_text  # noqa: E402
+from distill.checkpoint import load_model  # noqa: E402
 from distill.data import build_dataset  # noqa: E402
 from distill.data.loader import eval_loader  # noqa: E402
 from distill.evaluate import data_config  # noqa: E402

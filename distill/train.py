@@ -26,8 +26,8 @@ from torch import nn
 from tqdm import tqdm
 
 import kernels
+from distill.atomic_files import atomic_write_text
 from distill.checkpoint import (
-    atomic_write_text,
     begin_state,
     commit_state,
     pending_state_dir,

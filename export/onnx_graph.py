@@ -4,12 +4,11 @@ optional onnxslim clean-up, atomic writes, and what a graph's precision is."""
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import onnx
 
+from distill.atomic_files import atomic_write
 from distill.registry import ConfigError
 
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
@@ -42,15 +41,7 @@ def check_and_infer(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def save_atomic(model: onnx.ModelProto, path: Path) -> None:
     """Weights inside the file (students are far below protobuf's 2 GB limit), written beside and renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".onnx")
-    os.close(fd)
-    try:
-        onnx.save_model(model, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: onnx.save_model(model, tmp))
 
 
 def graph_precision(model: onnx.ModelProto) -> str:

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from distill.atomic_files import current_umask
 from distill.checkpoint import CheckpointError, load_model, save_model, state_dirs
 from distill.config import ModelConfig
 from distill.data import DatasetInfo
@@ -30,6 +31,10 @@ def test_supervised_run_writes_every_output(tiny_teacher: Path) -> None:
         assert (run / name).is_file(), name
     assert [step for step, _ in state_dirs(run)] == [2, 4]
     assert list((run / "tensorboard").rglob("events.out.tfevents.*")), "no TensorBoard event file"
+    # Every file is as readable as the umask allows (a container's other user reads a mounted final/).
+    expected = 0o666 & ~current_umask()
+    written = [p for p in run.rglob("*") if p.is_file() and "tensorboard" not in p.parts]
+    assert {str(p.relative_to(run)): p.stat().st_mode & 0o777 for p in written} == {str(p.relative_to(run)): expected for p in written}
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["miou"] <= 1.0 and [h["step"] for h in metrics["history"]] == [2, 4]
     meta = json.loads((run / "final/model.json").read_text())

@@ -36,6 +36,7 @@ from optuna.trial import TrialState
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 
+from distill.atomic_files import atomic_write_text
 from distill.registry import ConfigError
 
 STUDY_FILE = "study.json"
@@ -117,8 +118,6 @@ def create_study(study_dir: Path, name: str, url: str, setup: dict[str, Any], he
             f"study {name!r} in {shown_url(url)} was started with a different {', '.join(changed)}; resume it with the same "
             "command, or start a new study (another --study folder or --name)"
         )
-    from distill.checkpoint import atomic_write_text  # here: workers only read the file, without torch
-
     info = {"name": name, "storage": url, "heartbeat_s": heartbeat_s, "setup": setup}
     atomic_write_text(study_dir / STUDY_FILE, json.dumps(info, indent=2))
     return study

@@ -1,0 +1,42 @@
+"""The one atomic-write helper: files get the umask's mode (not mkstemp's 0600), and a failed write
+leaves the old file and no temporary behind."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from distill.atomic_files import atomic_write, atomic_write_text, current_umask
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_written_files_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    previous = os.umask(umask)
+    try:
+        path = atomic_write_text(tmp_path / "metrics.json", "{}")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    path = atomic_write_text(tmp_path / "model.json", "old")
+
+    def half_then_fail(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(path, half_then_fail)
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json"]
+
+
+def test_current_umask_does_not_change_it() -> None:
+    before = os.umask(0o027)
+    try:
+        assert current_umask() == 0o027 and current_umask() == 0o027
+    finally:
+        os.umask(before)
