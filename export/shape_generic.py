@@ -5,6 +5,11 @@ ASPP image pooling) to windows computed for the export shape: the graph exports 
 is then wrong or fails ("indices element out of data bounds") at another shape. Here each output bin
 is an average over the rows ``[floor(i H / b), ceil((i + 1) H / b))`` (PyTorch's definition) written as
 a matrix built from the runtime size, so pooling is two matrix products whatever H and W are.
+
+timm's TensorFlow-style "same" padding (EfficientNet ``tf_*`` convolutions, the ``AvgPool2dSame`` of a
+dilated ResNet-D downsample such as resnet10t's) computes ``math.ceil(size / stride)``; on a symbolic
+size ``torch.export`` records ``math.ceil``, which its serializer rejects (``SerializeError``), so a
+dynamic ``.pt2`` cannot be saved. The same integer as a floor division serializes.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import timm.layers.padding
 import torch
 import torch.nn.functional as F
 
@@ -46,3 +52,22 @@ def shape_generic_pooling() -> Iterator[None]:
         yield
     finally:
         F.adaptive_avg_pool2d = original
+
+
+def same_padding(size: int | torch.SymInt, kernel_size: int, stride: int, dilation: int) -> int | torch.SymInt:
+    """timm's ``get_same_padding`` for integer sizes, with ceil(size / stride) as a floor division."""
+    pad = ((size + stride - 1) // stride - 1) * stride + (kernel_size - 1) * dilation + 1 - size
+    # stride * ceil(size / stride) >= size, so a kernel at least as wide as its stride never needs the
+    # max(0, ...); leaving it out keeps the symbolic sizes short (a .pt2 full of max() loads slowly).
+    return pad if (kernel_size - 1) * dilation + 1 >= stride else max(pad, 0)
+
+
+@contextlib.contextmanager
+def shape_generic_padding() -> Iterator[None]:
+    """While tracing for ``torch.export``, timm's "same" padding uses :func:`same_padding`."""
+    original = timm.layers.padding.get_same_padding
+    timm.layers.padding.get_same_padding = same_padding
+    try:
+        yield
+    finally:
+        timm.layers.padding.get_same_padding = original

@@ -25,9 +25,11 @@ from torch.export import Dim  # noqa: E402
 
 from deploy.shapes import ImageShape  # noqa: E402
 from deploy.wrapper import INPUT_NAME, DeployModel, load_deploy_model  # noqa: E402
+from distill.atomic_files import atomic_path  # noqa: E402
 from distill.registry import ConfigError  # noqa: E402
 from export.options import add_model_arguments, export_shape, parse_dynamic, traced_shape  # noqa: E402
 from export.parity import ParityReport, add_parity_arguments, gate_artifact  # noqa: E402
+from export.shape_generic import shape_generic_padding  # noqa: E402
 from export.to_onnx import example_input, input_axes  # noqa: E402
 
 FORMATS = ("trace", "script", "export")
@@ -42,25 +44,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def trace(model: DeployModel, shape: ImageShape, path: Path) -> None:
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), atomic_path(path) as tmp:
         warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.trace is deprecated": known, see the docstring
         traced = torch.jit.trace(model, (example_input(model, shape),))
-        torch.jit.save(traced, str(path))
+        torch.jit.save(traced, str(tmp))
 
 
 def script(model: DeployModel, path: Path) -> None:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), atomic_path(path) as tmp:
         warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(torch.jit.script(model), str(path))
+        torch.jit.save(torch.jit.script(model), str(tmp))
 
 
-def export_program(model: DeployModel, shape: ImageShape, dynamic: set[str], path: Path) -> None:
+def export_program(model: DeployModel, shape: ImageShape, dynamic: set[str], path: Path, name: str) -> None:
+    """Write ``model``'s torch.export program to ``path``; one message naming ``name`` if torch.export
+    cannot (the file already at ``path`` is kept)."""
     axes = input_axes(model, dynamic)
     dynamic_shapes = {INPUT_NAME: dict.fromkeys(axes, Dim.DYNAMIC)} if axes else None
-    # As torch.onnx does: reason about a dynamic size without specialising on the example's 0 / 1 sizes.
-    with torch.fx.experimental._config.patch(backed_size_oblivious=True):
-        program = torch.export.export(model, (example_input(model, shape),), dynamic_shapes=dynamic_shapes)
-    torch.export.save(program, str(path))
+    try:
+        # As torch.onnx does: reason about a dynamic size without specialising on the example's 0 / 1 sizes.
+        with torch.fx.experimental._config.patch(backed_size_oblivious=True), shape_generic_padding():
+            program = torch.export.export(model, (example_input(model, shape),), dynamic_shapes=dynamic_shapes)
+        with atomic_path(path) as tmp:
+            torch.export.save(program, str(tmp))
+    except Exception as err:  # torch.export rejects some Python in models (tracing or serializing): say which model
+        reason = " ".join(str(err).split())[:300]
+        raise ConfigError(
+            f"torch.export cannot write a {'dynamic (' + ', '.join(sorted(dynamic)) + ') ' if dynamic else ''}program "
+            f"of {name}, so {str(path)!r} is left as it was: {reason}. The traced .ts and the ONNX export "
+            "(export/to_onnx.py) do not depend on torch.export; tested with --dynamic batch,height,width: timm "
+            "resnet / resnet10t, mobilenetv2, tf_efficientnet(_lite), lcnet, torchvision resnet"
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> list[ParityReport]:
@@ -91,7 +105,7 @@ def main(argv: list[str] | None = None) -> list[ParityReport]:
                 print(f"not scriptable, so no {path.name} (the traced {paths['trace'].name} serves): {reason}")
                 continue
         else:
-            export_program(model, shape, dynamic, path)
+            export_program(model, shape, dynamic, path, f"model {meta['model'].get('torchvision_model') or meta['model']['backbone']!r}")
         kind = "torch_export" if fmt == "export" else "torchscript"
         info = model.artifact_info(kind, meta, args.checkpoint, traced_shape(shape, dynamic))
         info.extra.update(method=fmt, traced_at=str(shape))

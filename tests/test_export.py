@@ -34,10 +34,10 @@ SIZE = (40, 56)  # synthetic validation scenes, H x W
 PARITY = ["--data", "synthetic", "--parity-images", "3"]
 
 
-def save_student(folder: Path, head: str, seed: int) -> Path:
-    """A random-initialised LCNet-0.5 student saved exactly as training saves one."""
+def save_student(folder: Path, head: str, seed: int, backbone: str = "lcnet_050", output_stride: int = 8) -> Path:
+    """A random-initialised student (LCNet-0.5 by default) saved exactly as training saves one."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(backbone="lcnet_050", head=head, head_channels=16, output_stride=8)
+    cfg = ModelConfig(backbone=backbone, head=head, head_channels=16, output_stride=output_stride)
     model = build_model(cfg, len(CLASSES)).eval()
     data = DataConfig(crop_size=SIZE)
     data.synthetic.size, data.synthetic.num_val = SIZE, 3
