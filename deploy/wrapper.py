@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deploy.artifact import ArtifactInfo, TensorSpec
-from distill.checkpoint import load_model, resolve_model_path
+from distill.checkpoint import load_model, resolve_model_path, sha256_of
 from distill.config import IMAGENET_MEAN, IMAGENET_STD
 
 OUTPUT_KINDS = ("logits", "labels")
@@ -82,7 +82,8 @@ class DeployModel(nn.Module):
             palette=[list(c) for c in meta["palette"]],
             ignore_index=meta["ignore_index"],
             data=dict(meta.get("data", {})),
-            source={"checkpoint": str(Path(checkpoint).resolve()), "weights_sha256": meta.get("weights_sha256", "")},
+            # the weights file itself: model.json's hash is stale if the weights were replaced after it was written
+            source={"checkpoint": str(Path(checkpoint).resolve()), "weights_sha256": sha256_of(weights)},
             versions={"torch": torch.__version__},
             extra={"architecture": meta["model"]},
         )

@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from deploy.artifact import ArtifactError, ArtifactInfo, read_artifact_info, sidecar_path  # noqa: E402
 from deploy.backends.trt_engine import gpu_description, require_cuda, tensorrt_module  # noqa: E402
 from deploy.shapes import ImageShape, accepts, parse_shape  # noqa: E402
-from distill.checkpoint import read_metadata, sha256_of  # noqa: E402
+from distill.checkpoint import resolve_model_path, sha256_of  # noqa: E402
 from distill.registry import ConfigError  # noqa: E402
 from export.onnx_graph import graph_precision  # noqa: E402
 from export.parity import ParityReport, add_parity_arguments, gate_artifact  # noqa: E402
@@ -167,7 +167,7 @@ def locate_checkpoint(info: ArtifactInfo, override: str | None) -> None:
         raise ArtifactError(
             f"the source checkpoint {str(path)!r} (the parity gate's reference) is not here: pass --checkpoint FOLDER"
         )
-    weights = read_metadata(path).get("weights_sha256")
+    weights = sha256_of(resolve_model_path(path)[0])
     if weights != info.source["weights_sha256"]:
         raise ArtifactError(f"checkpoint {str(path)!r} has other weights (SHA-256 {weights}) than the ONNX was exported from")
     info.source["checkpoint"] = str(path.resolve())

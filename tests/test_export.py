@@ -126,6 +126,21 @@ def test_sidecar_links_the_artifact_to_its_checkpoint(aspp_logits) -> None:
     path.write_bytes(path.read_bytes()[:-1])
 
 
+def test_sidecars_hash_the_weights_file_not_model_json(tmp_path, capsys) -> None:
+    checkpoint = save_student(tmp_path / "student", "fcn", seed=8)
+    onnx_path = checkpoint / "export" / "model.onnx"
+    assert to_onnx.run(["--checkpoint", str(checkpoint)]) == 0
+    other = save_student(tmp_path / "other", "fcn", seed=9)
+    (checkpoint / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())  # after model.json
+    swapped = sha256_of(checkpoint / "model.safetensors")
+    assert swapped != read_metadata(checkpoint)["weights_sha256"]
+    assert to_trt.run(["--onnx", str(onnx_path)]) == 2  # the gate's reference is no longer what was exported
+    assert "has other weights" in capsys.readouterr().err
+    assert to_onnx.run(["--checkpoint", str(checkpoint)]) == 0
+    assert read_artifact_info(onnx_path).source["weights_sha256"] == swapped
+    assert eager_predictor(checkpoint).info.sha256 == swapped
+
+
 def test_fp16_graph_for_strongly_typed_engines(tmp_path) -> None:
     checkpoint = save_student(tmp_path / "student", "fcn", seed=6)
     out = tmp_path / "fp16.onnx"

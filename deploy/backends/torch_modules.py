@@ -33,7 +33,7 @@ def eager_predictor(
     """The PyTorch reference: the student of a checkpoint folder wrapped as it is exported."""
     model, meta = load_deploy_model(checkpoint, output, uint8_input, precision)
     info = model.artifact_info("checkpoint", meta, checkpoint, ["batch", 3, "height", "width"])
-    info.file, info.sha256 = "model.safetensors", meta.get("weights_sha256", "")
+    info.file, info.sha256 = "model.safetensors", info.source["weights_sha256"]
     return TorchPredictor(model.to(device), checkpoint, info, device, "eager")
 
 
