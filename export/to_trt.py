@@ -2,14 +2,16 @@
 where it will run, then gate it against PyTorch on that GPU.
 
     python export/to_trt.py --onnx RUN/final/export/model.onnx [--precision fp32|fp16|bf16|int8]
-        [--shapes 1x3x256x512/1x3x512x1024/4x3x1024x2048] [--workspace 4] [--timing-cache FILE]
+        [--shapes 1x3x256x512/1x3x512x1024/4x3x1024x2048 | --max-batch 8] [--workspace 4] [--timing-cache FILE]
         [--opt-level 3] [--out model.plan] [--reuse] [--data camvid:ROOT --parity-images N]
 
 Precision comes from the ONNX: the network is strongly typed, so an FP16 / BF16 graph
 (``to_onnx.py --precision fp16``) gives an FP16 / BF16 engine and a QDQ graph (``to_int8.py``) an INT8
 one. Asking for FP16 or BF16 from an FP32 graph uses the builder's FP16 / BF16 flag on a weakly typed
 network, which only TensorRT 10 still has (TensorRT 11 removed those flags and the INT8 calibrators).
-Dynamic dimensions get one optimisation profile (``--shapes MIN/OPT/MAX``, N x 3 x H x W each). The
+Dynamic dimensions get one optimisation profile: ``--shapes MIN/OPT/MAX`` (N x 3 x H x W each), or by
+default the size the ONNX was exported at (its sidecar's ``traced_at``) with a dynamic batch from 1 to
+``--max-batch`` (8); the profile used is printed. The
 timing cache (``--timing-cache``) is read before and written after the build, so rebuilds are fast.
 
 Writes the plan and its sidecar (TensorRT and CUDA versions, GPU name and compute capability, shapes,
@@ -43,13 +45,17 @@ from export.parity import ParityReport, add_parity_arguments, gate_artifact  # n
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 BUILDER_FLAGS = {"fp16": "FP16", "bf16": "BF16"}
+DEFAULT_MAX_BATCH = 8
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--onnx", required=True, help="ONNX from export/to_onnx.py or to_int8.py (with its sidecar)")
     parser.add_argument("--precision", choices=PRECISIONS, help="default: the ONNX graph's own")
-    parser.add_argument("--shapes", help="MIN/OPT/MAX input shapes (N x 3 x H x W) for the dynamic dimensions")
+    parser.add_argument(
+        "--shapes", help="MIN/OPT/MAX input shapes (N x 3 x H x W) for the dynamic dimensions (default: the export size, batch 1 to --max-batch)"
+    )
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="largest batch of the default profile of a dynamic batch")
     parser.add_argument("--workspace", type=float, default=4.0, help="builder workspace limit in GiB")
     parser.add_argument("--timing-cache", help="timing cache file, read if it exists and written after the build")
     parser.add_argument("--opt-level", type=int, default=3, choices=range(6), help="builder optimisation level (0-5)")
@@ -60,13 +66,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def profile_shapes(args: argparse.Namespace, info: ArtifactInfo, traced: ImageShape) -> tuple[ImageShape, ImageShape, ImageShape]:
-    """(min, opt, max); all the traced shape for a static graph."""
-    dynamic = bool(info.dynamic_axes())
-    if not args.shapes:
-        if dynamic:
-            raise ConfigError(f"--shapes MIN/OPT/MAX is needed: {args.onnx!r} has dynamic input dimensions {info.input.shape}")
+def sidecar_profile(info: ArtifactInfo, traced: ImageShape, max_batch: int) -> tuple[ImageShape, ImageShape, ImageShape]:
+    """(min, opt, max) from the sidecar alone: the export shape, with a dynamic batch from 1 to ``max_batch``
+    (the sidecar states no size range, so the engine takes the size the model was exported at)."""
+    if max_batch < 1:
+        raise ConfigError(f"--max-batch {max_batch}: expected 1 or more")
+    if "batch" not in info.dynamic_axes().values():
         return traced, traced, traced
+    return ImageShape(1, traced.height, traced.width), traced, ImageShape(max(traced.batch, max_batch), traced.height, traced.width)
+
+
+def profile_shapes(args: argparse.Namespace, info: ArtifactInfo, traced: ImageShape) -> tuple[ImageShape, ImageShape, ImageShape]:
+    """(min, opt, max): ``--shapes``, else :func:`sidecar_profile`; all the traced shape for a static graph."""
+    if not args.shapes:
+        return sidecar_profile(info, traced, args.max_batch)
     parts = args.shapes.split("/")
     if len(parts) != 3:
         raise ConfigError(f"--shapes {args.shapes!r}: expected MIN/OPT/MAX, e.g. 1x3x256x512/1x3x512x1024/4x3x1024x2048")
@@ -189,6 +202,8 @@ def main(argv: list[str] | None = None) -> ParityReport | None:
     locate_checkpoint(info, args.checkpoint)
     traced = parse_shape(info.extra["traced_at"], f"{onnx_path} sidecar: extra.traced_at")
     shapes = profile_shapes(args, info, traced)
+    origin = "--shapes" if args.shapes else f"the sidecar: export size, batch up to --max-batch {args.max_batch}"
+    print(f"optimisation profile ({origin}): min {shapes[0]}, opt {shapes[1]}, max {shapes[2]}")
     trt = tensorrt_module()
     require_cuda("building a TensorRT engine")
     plan = Path(args.out) if args.out else onnx_path.with_name(f"{onnx_path.stem}_{precision}.plan")

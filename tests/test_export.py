@@ -24,6 +24,7 @@ from distill.config import DataConfig, ModelConfig, config_to_dict
 from distill.data.base import DatasetInfo
 from distill.data.synthetic import CLASSES, IGNORE_INDEX, PALETTE
 from distill.models import build_model
+from distill.registry import ConfigError
 from export import to_int8, to_onnx, to_trt
 from export.onnx_graph import graph_precision
 from export.parity import THRESHOLDS, run_parity
@@ -209,12 +210,26 @@ def test_export_errors_name_the_option(aspp_logits, capsys) -> None:
     assert "quantize it first: python export/to_int8.py" in capsys.readouterr().err
 
 
-def test_trt_needs_profile_shapes_for_a_dynamic_graph(psp_labels_dynamic, capsys) -> None:
+def test_trt_profile_defaults_to_the_export_size_from_the_sidecar(psp_labels_dynamic, aspp_logits) -> None:
+    export = ImageShape(1, *SIZE)
+    psp = read_artifact_info(psp_labels_dynamic[1])  # batch, height and width dynamic
+    assert to_trt.sidecar_profile(psp, export, max_batch=4) == (export, export, ImageShape(4, *SIZE))
+    aspp = read_artifact_info(aspp_logits[1])  # height and width dynamic, batch 1
+    assert to_trt.sidecar_profile(aspp, export, max_batch=4) == (export, export, export)
+    with pytest.raises(ConfigError, match="--max-batch 0"):
+        to_trt.sidecar_profile(psp, export, max_batch=0)
+
+
+def test_trt_checks_shapes_before_needing_tensorrt(psp_labels_dynamic, capsys) -> None:
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here: the build itself is tested by test_trt_engine_matches_pytorch")
     _, path, _ = psp_labels_dynamic
-    assert to_trt.run(["--onnx", str(path)]) == 2
-    assert "--shapes MIN/OPT/MAX is needed" in capsys.readouterr().err
     assert to_trt.run(["--onnx", str(path), "--shapes", "1x3x64x64/1x3x32x32/1x3x96x96"]) == 2
     assert "MIN <= OPT <= MAX" in capsys.readouterr().err
+    assert to_trt.run(["--onnx", str(path)]) == 2  # a dynamic export needs no --shapes: only TensorRT is missing
+    out, err = capsys.readouterr()
+    assert f"min 1x3x{SIZE[0]}x{SIZE[1]}, opt 1x3x{SIZE[0]}x{SIZE[1]}, max 8x3x{SIZE[0]}x{SIZE[1]}" in out
+    assert "TensorRT is not installed" in err and "--shapes" not in err
 
 
 def test_to_trt_without_tensorrt_says_what_to_install(aspp_logits) -> None:
