@@ -11,14 +11,17 @@ FROM ${BASE_IMAGE}
 ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /opt/segdistill
 COPY pyproject.toml README.md ./
+COPY requirements ./requirements
 COPY distill ./distill
 COPY kernels ./kernels
 COPY export ./export
 COPY deploy ./deploy
 
-# Keep the image's own torch / torchvision (built for its CUDA): pin them to what is installed.
+# Keep the image's own torch / torchvision (built for its CUDA): pin them to what is installed, and
+# everything else to the tested versions of requirements/lock.txt (less its torch / torchvision).
 RUN python -c "import torch, torchvision; print(f'torch=={torch.__version__}'); print(f'torchvision=={torchvision.__version__}')" > /tmp/keep-base.txt \
-    && python -m pip install --no-cache-dir -c /tmp/keep-base.txt ".[deploy-gpu]"
+    && grep -vE '^(torch|torchvision)==' requirements/lock.txt > /tmp/lock.txt \
+    && python -m pip install --no-cache-dir -c /tmp/keep-base.txt -c /tmp/lock.txt ".[deploy-gpu]"
 
 RUN useradd --create-home --uid 10001 segdistill \
     && mkdir -p /cache /models \

@@ -25,7 +25,12 @@ if [ ! -f "$ONNX" ] || [ ! -f "$ONNX.json" ]; then
     exit 2
 fi
 
-device="$(python3 -c 'import tensorrt, torch; p = torch.cuda.get_device_properties(0); print(f"trt{tensorrt.__version__}-sm{p.major}{p.minor}")')"
+# TensorRT and the GPU are checked here, not when the image is built (see Dockerfile.jetson).
+if ! device="$(python3 -c 'import tensorrt, torch; p = torch.cuda.get_device_properties(0); print(f"trt{tensorrt.__version__}-sm{p.major}{p.minor}")' 2>&1)"; then
+    echo "error: TensorRT or the GPU is not usable in this container (${device##*$'\n'}): run it with --gpus all" \
+        "(x86_64 servers) or --runtime nvidia (Jetson); see docs/deployment.md" >&2
+    exit 2
+fi
 plan="$CACHE/engines/$(basename "$ONNX" .onnx)-${PRECISION:-native}-$device.plan"
 mkdir -p "$CACHE/engines"
 

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,9 +45,9 @@ def instructions(path: Path) -> list[tuple[str, str]]:
 
 
 def install_commands(steps: list[tuple[str, str]]) -> list[str]:
-    """The commands of RUN steps that install something (system packages, Python packages, pins)."""
-    markers = ("apt-get install", "pip", "keep-base")
-    return [c.strip() for w, args in steps if w == "RUN" for c in args.split(" && ") if any(m in c for m in markers)]
+    """The commands of RUN steps that install something (system packages, libraries, Python packages, pins)."""
+    markers = ("apt-get install", "pip", "keep-base", "lock.txt", "cusparse", "ldconfig")
+    return [c.strip() for w, args in steps if w == "RUN" for c in args.split(" && ") if any(m in c.lower() for m in markers)]
 
 
 def docs_block(marker: str) -> list[str]:
@@ -101,3 +102,40 @@ def test_entrypoint_parses_and_says_what_to_mount(tmp_path: Path) -> None:
     result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert f"no ONNX export at {tmp_path / 'student'}/export/model.onnx" in result.stderr and "mount" in result.stderr
+
+
+def test_server_image_installs_the_locked_versions(tmp_path: Path) -> None:
+    """Everything but the base image's own torch / torchvision at the versions of requirements/lock.txt."""
+    commands = install_commands(instructions(ROOT / "Dockerfile"))
+    filtering = next(c for c in commands if "requirements/lock.txt" in c)
+    constraints = filtering.rsplit("> ", 1)[1]
+    assert f"-c {constraints}" in next(c for c in commands if "pip install" in c)
+    subprocess.run(["bash", "-c", filtering.replace(constraints, str(tmp_path / "lock.txt"))], cwd=ROOT, check=True)
+    locked = (ROOT / "requirements" / "lock.txt").read_text().splitlines()
+    kept = [line for line in locked if not line.startswith(("torch==", "torchvision=="))]
+    assert (tmp_path / "lock.txt").read_text().splitlines() == kept and len(kept) == len(locked) - 2
+
+
+def test_jetson_image_installs_cusparselt_before_torch() -> None:
+    """NVIDIA's JetPack 6.1 torch wheel links libcusparseLt.so.0, which JetPack does not ship."""
+    commands = install_commands(instructions(ROOT / "Dockerfile.jetson"))
+    copied = [i for i, c in enumerate(commands) if "libcusparse_lt" in c and "/usr/local/cuda/lib64" in c]
+    torch_wheel = next(i for i, c in enumerate(commands) if "TORCH_WHEEL" in c)
+    assert copied and copied[0] < commands.index("ldconfig") < torch_wheel
+
+
+def test_jetson_build_needs_no_nvidia_runtime_and_the_start_checks_tensorrt(tmp_path: Path) -> None:
+    """docker build has the NVIDIA runtime only where it is the daemon's default: TensorRT is checked at start."""
+    steps = instructions(ROOT / "Dockerfile.jetson")
+    assert not any("tensorrt" in args for word, args in steps if word == "RUN")
+    export = tmp_path / "student" / "export"
+    export.mkdir(parents=True)
+    (export / "model.onnx").write_bytes(b"")
+    (export / "model.onnx.json").write_text("{}")
+    env = {**os.environ, "CHECKPOINT": str(tmp_path / "student"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    check = [sys.executable, "-c", "import tensorrt, torch; torch.cuda.get_device_properties(0)"]
+    if subprocess.run(check, capture_output=True).returncode == 0:
+        pytest.skip("TensorRT and a GPU are usable here: the entrypoint goes on to build")
+    result = subprocess.run(["bash", str(ROOT / "deploy" / "entrypoint.sh")], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "error: TensorRT or the GPU is not usable in this container" in result.stderr and "--runtime nvidia" in result.stderr
