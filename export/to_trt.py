@@ -38,6 +38,7 @@ import torch  # noqa: E402
 from deploy.artifact import ArtifactError, ArtifactInfo, read_artifact_info, sidecar_path  # noqa: E402
 from deploy.backends.trt_engine import gpu_description, require_cuda, tensorrt_module  # noqa: E402
 from deploy.shapes import ImageShape, accepts, parse_shape  # noqa: E402
+from distill.atomic_files import atomic_write_bytes  # noqa: E402
 from distill.checkpoint import resolve_model_path, sha256_of  # noqa: E402
 from distill.registry import ConfigError  # noqa: E402
 from export.onnx_graph import graph_precision  # noqa: E402
@@ -132,9 +133,9 @@ def build_plan(
     if -1 in tuple(tensor.shape):
         profile = builder.create_optimization_profile()
         profile.set_shape(tensor.name, *(s.tensor_shape(layout) for s in shapes))
-        config.add_optimization_profile(profile)
-    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
-    config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False)
+        if config.add_optimization_profile(profile) < 0:  # the index of the profile, -1 when it is invalid
+            raise ArtifactError(f"TensorRT rejected the optimisation profile {[str(s) for s in shapes]} for input {tensor.name!r}")
+    attach_timing_cache(config, timing_cache)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise ArtifactError(
@@ -143,9 +144,23 @@ def build_plan(
             "this precision, or --shapes the graph cannot take"
         )
     if timing_cache is not None:
-        timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(plan)
+
+
+def attach_timing_cache(config: Any, path: Path | None) -> None:
+    """Give the build the timing cache read from ``path``, or an empty one. ``set_timing_cache`` returns
+    False for a cache that another TensorRT version or GPU wrote: then warn and start an empty one, which
+    replaces the file after the build."""
+    data = path.read_bytes() if path is not None and path.is_file() else b""
+    for blob in (data, b"") if data else (b"",):
+        cache = config.create_timing_cache(blob)
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return
+        if blob:
+            reason = "does not fit this TensorRT / GPU (set_timing_cache returned False)"
+            print(f"warning: timing cache {path} {reason}: building with an empty one, which replaces it", file=sys.stderr)
+    raise ArtifactError("TensorRT could not attach an empty timing cache (set_timing_cache returned False); see its log above")
 
 
 def build_facts(trt: ModuleType, args: argparse.Namespace, onnx_path: Path, precision: str, shapes: tuple[ImageShape, ...]) -> dict[str, Any]:
@@ -215,10 +230,7 @@ def main(argv: list[str] | None = None) -> ParityReport | None:
     started = time.perf_counter()
     data = build_plan(trt, onnx_path, precision, graph, shapes, info.input.layout, args.workspace, args.opt_level, Path(args.timing_cache) if args.timing_cache else None)
     seconds = time.perf_counter() - started
-    plan.parent.mkdir(parents=True, exist_ok=True)
-    tmp = plan.with_name(f".{plan.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(plan)
+    atomic_write_bytes(plan, data)
     info.kind, info.precision, info.parity = "tensorrt", precision, None
     info.source = {**info.source, "artifact": str(onnx_path.resolve()), "artifact_sha256": facts["onnx_sha256"]}
     info.versions.update(tensorrt=trt.__version__, cuda=str(torch.version.cuda))

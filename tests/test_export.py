@@ -255,3 +255,15 @@ def test_trt_engine_matches_pytorch(aspp_logits, tmp_path) -> None:
     assert info.extra["tensorrt"]["version"] == trt.__version__ and info.parity["passed"] and cache.is_file()
     assert to_trt.run([*argv, "--reuse"]) == 0
     assert json.loads(sidecar_path(plan).read_text())["sha256"] == sha256_of(plan)
+
+
+def test_trt_replaces_a_timing_cache_it_cannot_use(aspp_logits, tmp_path, capsys) -> None:
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (it needs NVIDIA's packages and a GPU)")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU: TensorRT engines are built on the GPU that runs them")
+    _, source = aspp_logits
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"not a timing cache of this TensorRT")  # set_timing_cache returns False for it
+    assert to_trt.run(["--onnx", str(source), "--out", str(tmp_path / "aspp.plan"), "--timing-cache", str(cache)]) == 0
+    assert "does not fit this TensorRT / GPU" in capsys.readouterr().err
+    assert cache.read_bytes() != b"not a timing cache of this TensorRT"

@@ -1,11 +1,12 @@
 """Native TensorRT runtime (TensorRT 10.3 to 11.x) on torch CUDA tensors.
 
 The engine's input and output buffers are torch CUDA tensors: their ``data_ptr()`` goes to
-``set_tensor_address`` and the engine is enqueued with ``execute_async_v3`` on torch's current stream.
-So TensorRT works in the CUDA context torch already holds (the device's primary context), ordered
-with torch's own work on the same stream, and nothing else is needed: pycuda is a source build against
-the CUDA toolkit and creates a separate context of its own, which only adds a dependency and
-context switches.
+``set_tensor_address`` and the engine is enqueued with ``execute_async_v3`` on a torch CUDA stream of
+its own (on the legacy default stream TensorRT adds synchronisations, which would skew the latency),
+ordered after torch's work that wrote the input and before torch's work that reads the output. So
+TensorRT works in the CUDA context torch already holds (the device's primary context) and nothing else
+is needed: pycuda is a source build against the CUDA toolkit and creates a separate context of its own,
+which only adds a dependency and context switches.
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ class TensorRTPredictor(Predictor):
             if self.engine is None:
                 raise ArtifactError(f"TensorRT could not deserialize {str(artifact)!r} (see its log above); rebuild it here")
             self.context = self.engine.create_execution_context()
+            if self.context is None:
+                raise ArtifactError(f"TensorRT could not create an execution context for {str(artifact)!r} (see its log above: GPU memory?)")
+            self.stream = torch.cuda.Stream(self.device)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
@@ -115,10 +119,18 @@ class TensorRTPredictor(Predictor):
             )
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        self.context.set_input_shape(self.input_name, tuple(inputs.shape))
+        # Each of these calls returns False (and logs why) instead of raising.
+        if not self.context.set_input_shape(self.input_name, tuple(inputs.shape)):
+            raise ArtifactError(f"TensorRT refused input shape {tuple(inputs.shape)} for {self.name} (set_input_shape returned False)")
         out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=self.output_dtype, device=self.device)
-        self.context.set_tensor_address(self.input_name, inputs.data_ptr())
-        self.context.set_tensor_address(self.output_name, out.data_ptr())
-        if not self.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+        for name, tensor in ((self.input_name, inputs), (self.output_name, out)):
+            if not self.context.set_tensor_address(name, tensor.data_ptr()):
+                raise RuntimeError(f"TensorRT refused the address of {name!r} for {self.name} (set_tensor_address returned False)")
+        # Torch's stream wrote the input and will read the output (and reuse both blocks): order the
+        # engine's stream after it, and it after the engine.
+        torch_stream = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(torch_stream)
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError(f"TensorRT could not run {self.name} (execute_async_v3 returned False; see its log)")
+        torch_stream.wait_stream(self.stream)
         return out
