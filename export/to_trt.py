@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> ParityReport | None:
     locate_checkpoint(info, args.checkpoint)
     traced = parse_shape(info.extra["traced_at"], f"{onnx_path} sidecar: extra.traced_at")
     shapes = profile_shapes(args, info, traced)
-    origin = "--shapes" if args.shapes else f"the sidecar: export size, batch up to --max-batch {args.max_batch}"
+    origin = "--shapes" if args.shapes else "the export size in the sidecar, a dynamic batch up to --max-batch; --shapes widens it"
     print(f"optimisation profile ({origin}): min {shapes[0]}, opt {shapes[1]}, max {shapes[2]}")
     trt = tensorrt_module()
     require_cuda("building a TensorRT engine")
