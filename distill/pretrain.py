@@ -170,12 +170,14 @@ def pretrain(args: argparse.Namespace, held: ExitStack) -> Path:
     )
     main_process, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     set_seed(cfg.seed)
+    # First the lock: no process writes in the run folder, nor reads its checkpoints, while another run may
+    # be writing them.
+    if main_process:
+        held.enter_context(run_folder_lock(run_dir))
+    accelerator.wait_for_everyone()
     if state_dirs(run_dir) and not args.resume:
         raise ConfigError(f"run folder {str(run_dir)!r} already holds checkpoints; pass --resume or choose another output_dir")
     resume_dir = resume_target(run_dir, "latest" if args.resume else None, world)
-    if main_process:
-        held.enter_context(run_folder_lock(run_dir))
-    accelerator.wait_for_everyone()  # no process writes in the run folder before it is locked
 
     # ---- models, SVD basis ----------------------------------------------------------------------
     images = build_images(cfg.data)

@@ -179,6 +179,11 @@ def train(args: argparse.Namespace, held: ExitStack) -> dict:
     kernels.use_reference(cfg.train.kernels == "reference")
     set_seed(cfg.seed)
 
+    # First the lock: no process writes in the run folder, nor reads its checkpoints, while another run may
+    # be writing them.
+    if main_process:
+        held.enter_context(run_folder_lock(run_dir))
+    accelerator.wait_for_everyone()
     existing = state_dirs(run_dir)
     if existing and args.resume is None:
         raise ConfigError(
@@ -186,9 +191,6 @@ def train(args: argparse.Namespace, held: ExitStack) -> dict:
             "pass --resume to continue it, or choose another output_dir"
         )
     resume_dir = resume_target(run_dir, args.resume, world)
-    if main_process:
-        held.enter_context(run_folder_lock(run_dir))
-    accelerator.wait_for_everyone()  # no process writes in the run folder before it is locked
     # Energy of the training (setup included; all processes' when there are several), then of the final evaluation.
     meter = start_meter(cfg.train.energy, whole_machine=world > 1) if main_process else None
 
