@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from deploy.latency import LatencyStats, time_calls  # noqa: E402
 from deploy.predictor import Predictor  # noqa: E402
 from deploy.report import write_report  # noqa: E402
 from deploy.shapes import ImageShape, parse_shape  # noqa: E402
+from distill.atomic_files import writing  # noqa: E402
 from distill.registry import ConfigError  # noqa: E402
 
 MIN_ITERATIONS = 200
@@ -70,6 +72,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if len(args.backend) not in (0, 1, len(args.artifact)):
         parser.error("--backend: give one for all artifacts, or one per --artifact, in the same order")
     return args
+
+
+def check_output(folder: Path) -> None:
+    """Before measuring: results that cannot be written would be lost with the time spent on them."""
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
 
 
 def timed_shape(args: argparse.Namespace, predictor: Predictor) -> ImageShape:
@@ -125,6 +134,7 @@ def accuracy(predictor: Predictor, args: argparse.Namespace) -> dict[str, Any] |
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
+    check_output(Path(args.output))
     if args.threads:
         torch.set_num_threads(args.threads)
     backends = args.backend * len(args.artifact) if len(args.backend) == 1 else args.backend or [None] * len(args.artifact)

@@ -6,7 +6,10 @@ leaves either the old file or the new one, never a broken one.
   e.g. for export. Loading builds the architecture from the JSON and loads the weights strictly.
 * A *training state* is a folder ``checkpoints/step_NNNNNNN`` written by ``Accelerator.save_state``
   (model, optimiser(s), RNG states; loaded back with ``weights_only=True``) plus ``progress.json``
-  (step, data position, best score). A folder only gets its final name once complete.
+  (step, data position, best score, number of processes). A folder only gets its final name once complete.
+  A state is checked before it is resumed (Accelerate skips RNG states it cannot read with a log line
+  only, and the run would silently differ). Resuming an older state moves the later ones aside, into
+  ``checkpoints/abandoned_<time>_from_step_N/``, so that they are never taken for the latest again.
 """
 
 from __future__ import annotations
@@ -16,22 +19,26 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
+from safetensors.torch import save_file
 from torch import nn
 
-from distill.atomic_files import atomic_write, atomic_write_text, current_umask
+from distill.atomic_files import atomic_write, atomic_write_text, current_umask, writing
 from distill.config import ModelConfig, config_to_dict, parse_dataclass
 from distill.models import build_model
 from distill.registry import ConfigError
+from distill.safe_load import LOAD_ERRORS, UnreadableTensors, load_tensors, refusal_reason
 
 FORMAT = "segdistill-model/1"
 WEIGHTS_NAME, META_NAME, PROGRESS_NAME = "model.safetensors", "model.json", "progress.json"
 STATE_PATTERN = re.compile(r"^step_(\d+)$")
+RNG_NAME = "random_states_{}.pkl"  # Accelerate's file of each process's RNG states
+RNG_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")
 
 
 class CheckpointError(ConfigError):
@@ -100,11 +107,8 @@ def load_weights(model: nn.Module, weights: str | Path) -> None:
     if not weights.is_file():
         raise CheckpointError(f"weights file {str(weights)!r} does not exist")
     try:
-        if weights.suffix == ".safetensors":
-            state = load_file(weights)
-        else:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        state = load_tensors(weights)
+    except UnreadableTensors as err:
         raise CheckpointError(f"weights file {str(weights)!r} could not be read: {err}") from None
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
@@ -155,9 +159,10 @@ def pending_state_dir(run_dir: str | Path, step: int) -> Path:
 def begin_state(run_dir: str | Path, step: int) -> Path:
     """A fresh, empty :func:`pending_state_dir` (only the main process calls this)."""
     tmp = pending_state_dir(run_dir, step)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    with writing(tmp):
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
     return tmp
 
 
@@ -177,5 +182,81 @@ def commit_state(tmp: Path, progress: dict[str, Any], keep: int) -> Path:
     return final
 
 
+def save_state(accelerator: Accelerator, tmp: Path) -> None:
+    with writing(tmp):
+        accelerator.save_state(str(tmp))
+
+
+def resume_target(run_dir: str | Path, resume: str | None, processes: int) -> Path | None:
+    """The checked training state that ``--resume [PATH]`` names (None without ``--resume``); see :func:`check_state`."""
+    if resume is None:
+        return None
+    if resume != "latest":
+        return check_state(Path(resume), processes)
+    found = state_dirs(run_dir)
+    if not found:
+        raise CheckpointError(
+            f"--resume: run folder {str(run_dir)!r} holds no complete checkpoint (checkpoints/step_NNNNNNN with "
+            f"{PROGRESS_NAME}) to continue; run without --resume to start it from step 0"
+        )
+    return check_state(found[-1][1], processes)
+
+
+def check_state(state_dir: Path, processes: int) -> Path:
+    """Refuse a folder that is not a training state, that other numbers of processes wrote (the data order
+    depends on it), or whose processes' RNG states are missing or unreadable."""
+    if not (state_dir / PROGRESS_NAME).is_file():
+        kind = "does not exist" if not state_dir.exists() else "is not a training checkpoint"
+        if (state_dir / META_NAME).is_file():
+            kind = "is a model checkpoint (final/ or best/: weights only, no optimiser or data position)"
+        raise CheckpointError(
+            f"--resume {str(state_dir)!r}: the folder {kind}; give a training checkpoint "
+            f"OUTPUT/checkpoints/step_NNNNNNN (with {PROGRESS_NAME}), or --resume alone for the latest"
+        )
+    written_by = read_progress(state_dir).get("processes", processes)
+    if written_by != processes:
+        raise CheckpointError(
+            f"checkpoint {str(state_dir)!r} was written by {written_by} process(es), and this run has {processes}; "
+            f"resume it with {written_by} (accelerate launch --num_processes {written_by}): the data order depends on it"
+        )
+    for rank in range(written_by):
+        rng = state_dir / RNG_NAME.format(rank)
+        if not rng.is_file():
+            raise CheckpointError(f"checkpoint {str(state_dir)!r} lacks {rng.name}, process {rank}'s random-number "
+                                  "states, without which the resumed run would differ; resume an earlier checkpoint")  # fmt: skip
+        try:
+            states = accelerate_load(rng, map_location="cpu")  # weights_only=True, numpy's states allowed
+        except LOAD_ERRORS as err:
+            raise CheckpointError(f"random-number states {str(rng)!r} could not be read: {refusal_reason(err)}") from None
+        if not isinstance(states, dict) or not all(key in states for key in RNG_KEYS):
+            raise CheckpointError(f"random-number states {str(rng)!r} are incomplete (expected {', '.join(RNG_KEYS)})")
+    return state_dir
+
+
+def load_state(accelerator: Accelerator, state_dir: Path) -> dict[str, Any]:
+    """Load a checked training state into the prepared objects; its progress."""
+    try:
+        accelerator.load_state(str(state_dir))
+    except LOAD_ERRORS as err:
+        raise CheckpointError(f"checkpoint {str(state_dir)!r} could not be loaded: {refusal_reason(err)}") from None
+    return read_progress(state_dir)
+
+
+def retire_later_states(run_dir: str | Path, step: int) -> Path | None:
+    """Move the run's states after ``step`` (a continuation abandoned by resuming an older state) aside;
+    the folder that now holds them. Each moves by one rename, never half deleted."""
+    later = [path for found, path in state_dirs(run_dir) if found > step]
+    if not later:
+        return None
+    aside = Path(run_dir) / "checkpoints" / f"abandoned_{time.strftime('%Y%m%dT%H%M%S')}_from_step_{step:07d}"
+    aside.mkdir(exist_ok=True)
+    for path in later:
+        os.replace(path, aside / path.name)
+    return aside
+
+
 def read_progress(state_dir: Path) -> dict[str, Any]:
-    return json.loads((state_dir / PROGRESS_NAME).read_text())
+    try:
+        return json.loads((state_dir / PROGRESS_NAME).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{str(state_dir / PROGRESS_NAME)!r} could not be read: {err}") from None

@@ -18,6 +18,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from distill.atomic_files import atomic_write_text
 from distill.registry import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -397,7 +398,7 @@ def config_to_dict(cfg: Any) -> Any:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def validate_names(cfg: Config) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,8 +35,10 @@ from distill.atomic_files import atomic_write, atomic_write_text
 from distill.checkpoint import (
     begin_state,
     commit_state,
+    load_state,
     pending_state_dir,
-    read_progress,
+    resume_target,
+    save_state,
     sha256_of,
     state_dirs,
 )
@@ -54,6 +57,7 @@ from distill.data.unlabelled import ImageFolder, SeededViews, SyntheticImages, v
 from distill.kdep import PooledFeature, fit_basis, kdep_loss, kdep_target, load_basis, save_basis
 from distill.optim import build_optimizer, set_learning_rate
 from distill.registry import ConfigError
+from distill.run_lock import run_folder_lock
 
 WEIGHTS_NAME = "student_backbone.safetensors"
 WEIGHTS_FORMAT = "segdistill-kdep-backbone/1"
@@ -154,7 +158,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> Path:
     """Pre-train; returns the path of the student backbone's weights."""
-    args = parse_args(argv)
+    with ExitStack() as held:  # the run folder's lock, released when pre-training ends, however it ends
+        return pretrain(parse_args(argv), held)
+
+
+def pretrain(args: argparse.Namespace, held: ExitStack) -> Path:
     cfg = load_pretrain_config(args.config, args.overrides)
     run_dir = Path(cfg.output_dir)
     accelerator = Accelerator(
@@ -162,11 +170,14 @@ def main(argv: list[str] | None = None) -> Path:
     )
     main_process, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     set_seed(cfg.seed)
+    # First the lock: no process writes in the run folder, nor reads its checkpoints, while another run may
+    # be writing them.
+    if main_process:
+        held.enter_context(run_folder_lock(run_dir))
+    accelerator.wait_for_everyone()
     if state_dirs(run_dir) and not args.resume:
         raise ConfigError(f"run folder {str(run_dir)!r} already holds checkpoints; pass --resume or choose another output_dir")
-    if main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+    resume_dir = resume_target(run_dir, "latest" if args.resume else None, world)
 
     # ---- models, SVD basis ----------------------------------------------------------------------
     images = build_images(cfg.data)
@@ -187,12 +198,12 @@ def main(argv: list[str] | None = None) -> Path:
     optimizer = build_optimizer(student, [], cfg.optimizer)
     student, optimizer = accelerator.prepare(student, optimizer)
     progress = {"step": 0, "epoch": 0, "epoch_step": 0}
-    found = state_dirs(run_dir)
-    if args.resume and found:
-        accelerator.load_state(str(found[-1][1]))
-        progress = read_progress(found[-1][1])
+    if resume_dir is not None:
+        progress = load_state(accelerator, resume_dir)
         if main_process:
-            print(f"resumed from {found[-1][1]} at step {progress['step']}")
+            print(f"resumed from {resume_dir} at step {progress['step']}")
+    if main_process:  # only now: a failed attempt leaves the run's config.yaml as it was
+        save_config(cfg, run_dir / "config.yaml")
     position = DataPosition(progress["epoch"], progress["epoch_step"])
     sampler = ShardedEpochSampler(len(images), cfg.data.batch_size, rank, world, cfg.seed, position)
     transform = view_transform(cfg.data.image_size, cfg.data.scale_range, cfg.data.hflip, cfg.data.mean, cfg.data.std)
@@ -226,10 +237,10 @@ def main(argv: list[str] | None = None) -> Path:
                 accelerator.log({"loss/kdep": value, "lr": lr}, step=step)
                 bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
             if step % cfg.checkpoint_interval == 0 or step == total:
-                progress.update(step=step, epoch=position.epoch, epoch_step=position.step)
+                progress.update(step=step, epoch=position.epoch, epoch_step=position.step, processes=world)
                 tmp = begin_state(run_dir, step) if main_process else pending_state_dir(run_dir, step)
                 accelerator.wait_for_everyone()
-                accelerator.save_state(str(tmp))
+                save_state(accelerator, tmp)
                 accelerator.wait_for_everyone()
                 if main_process:
                     commit_state(tmp, progress, cfg.keep_checkpoints)

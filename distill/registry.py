@@ -15,6 +15,13 @@ T = TypeVar("T")
 class ConfigError(ValueError):
     """A user-facing configuration error: the message names the key or value and what was expected."""
 
+    def __init__(self, message: str) -> None:
+        # Raised in a DataLoader worker (e.g. a corrupt image), the error is rebuilt in the main process
+        # from "Caught ... in DataLoader worker ... Original Traceback ...": keep the original message only.
+        if message.startswith("Caught ") and "in DataLoader worker" in message.split("\n", 1)[0]:
+            message = message.rpartition(f"{type(self).__module__}.{type(self).__qualname__}: ")[2].strip()
+        super().__init__(message)
+
 
 def unknown_choice(kind: str, name: str, choices: Iterable[str], where: str = "") -> ConfigError:
     choices = sorted(choices)

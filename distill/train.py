@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import torch
@@ -30,9 +30,12 @@ from distill.atomic_files import atomic_write_text
 from distill.checkpoint import (
     begin_state,
     commit_state,
+    load_state,
     pending_state_dir,
-    read_progress,
+    resume_target,
+    retire_later_states,
     save_model,
+    save_state,
     state_dirs,
 )
 from distill.config import Config, config_to_dict, load_config, save_config
@@ -45,6 +48,7 @@ from distill.metrics import SegMetrics
 from distill.models import SegOutput, build_model, count_parameters
 from distill.optim import build_optimizer, learning_rate, set_learning_rate
 from distill.registry import ConfigError
+from distill.run_lock import run_folder_lock
 from distill.teacher import build_teacher
 
 
@@ -71,9 +75,14 @@ class Objective(nn.Module):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML experiment file (defaults apply without one)")
-    parser.add_argument("--resume", nargs="?", const="latest", help="continue from the latest (or the given) checkpoint")
+    parser.add_argument("--resume", nargs="?", const="latest", metavar="PATH", help="continue from the latest (or the given) checkpoint")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.iterations=100")
-    return parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
+    if args.resume is not None and "=" in args.resume and not Path(args.resume).exists():
+        # ``--resume key=value``: an override after a bare --resume, not a checkpoint path
+        args.overrides.append(args.resume)
+        args.resume = "latest"
+    return args
 
 
 def dry_run(student: nn.Module, teacher: nn.Module | None, images: torch.Tensor) -> tuple[SegOutput, SegOutput | None]:
@@ -98,10 +107,13 @@ def stop_if_not_finite(accelerator: Accelerator, parts: dict[str, torch.Tensor],
         return
     values = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
     last = state_dirs(run_dir)
-    kept = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written yet"
+    kept = (
+        f"the last good checkpoint is {last[-1][1]}, resume from it with --resume"
+        if last else "no checkpoint was written yet, so start the run again without --resume"
+    )  # fmt: skip
     raise NonFiniteLoss(
         f"the loss is not finite at step {step + 1} ({values}); stopping. Lower the learning rate or "
-        f"enable gradient clipping (train.grad_clip); {kept}, resume from it with --resume"
+        f"enable gradient clipping (train.grad_clip); {kept}"
     )
 
 
@@ -143,7 +155,11 @@ def flat_hparams(cfg: Config) -> dict[str, float | int | str | bool]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+    with ExitStack() as held:  # the run folder's lock, released when training ends, however it ends
+        return train(parse_args(argv), held)
+
+
+def train(args: argparse.Namespace, held: ExitStack) -> dict:
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(cfg.output_dir)
     # cpu=True on machines without an accelerator: only then does Accelerate run several processes
@@ -163,15 +179,18 @@ def main(argv: list[str] | None = None) -> dict:
     kernels.use_reference(cfg.train.kernels == "reference")
     set_seed(cfg.seed)
 
+    # First the lock: no process writes in the run folder, nor reads its checkpoints, while another run may
+    # be writing them.
+    if main_process:
+        held.enter_context(run_folder_lock(run_dir))
+    accelerator.wait_for_everyone()
     existing = state_dirs(run_dir)
     if existing and args.resume is None:
         raise ConfigError(
             f"run folder {str(run_dir)!r} already holds training checkpoints (last: step {existing[-1][0]}); "
             "pass --resume to continue it, or choose another output_dir"
         )
-    if main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+    resume_dir = resume_target(run_dir, args.resume, world)
     # Energy of the training (setup included; all processes' when there are several), then of the final evaluation.
     meter = start_meter(cfg.train.energy, whole_machine=world > 1) if main_process else None
 
@@ -204,15 +223,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- resume ---------------------------------------------------------------------------------
     progress = {"step": 0, "epoch": 0, "epoch_step": 0, "best_miou": None, "best_step": None, "history": []}
-    if args.resume is not None:
-        found = state_dirs(run_dir) if args.resume == "latest" else [(0, Path(args.resume))]
-        if found:
-            accelerator.load_state(str(found[-1][1]))
-            progress = read_progress(found[-1][1])
-            if main_process:
-                print(f"resumed from {found[-1][1]} at step {progress['step']}")
-        elif main_process:
-            print(f"no checkpoint in {run_dir}; starting from scratch")
+    if resume_dir is not None:
+        progress = load_state(accelerator, resume_dir)
+        if main_process:
+            aside = retire_later_states(run_dir, progress["step"])
+            print(f"resumed from {resume_dir} at step {progress['step']}" + (f"; later checkpoints moved to {aside}" if aside else ""))
+    if main_process:  # only now: a failed attempt leaves the run's config.yaml as it was
+        save_config(cfg, run_dir / "config.yaml")
     position = DataPosition(progress["epoch"], progress["epoch_step"])
     loader, sampler = train_loader(train_set, cfg.data, rank, world, cfg.seed, position)
     val_loader = eval_loader(val_set, cfg.data, rank, world)
@@ -303,10 +320,10 @@ def main(argv: list[str] | None = None) -> dict:
                     bar.write(f"step {step}: val mIoU {100 * metrics.miou:.2f}  (best {100 * progress['best_miou']:.2f} at {progress['best_step']})")
 
             if step % cfg.train.checkpoint_interval == 0 or step == total:
-                progress.update(step=step, epoch=position.epoch, epoch_step=position.step)
+                progress.update(step=step, epoch=position.epoch, epoch_step=position.step, processes=world)
                 tmp = begin_state(run_dir, step) if main_process else pending_state_dir(run_dir, step)
                 accelerator.wait_for_everyone()
-                accelerator.save_state(str(tmp))
+                save_state(accelerator, tmp)
                 accelerator.wait_for_everyone()
                 if main_process:
                     commit_state(tmp, progress, cfg.train.keep_checkpoints)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.atomic_files import atomic_write, atomic_write_text, current_umask
+from distill.atomic_files import UnwritableOutput, atomic_write, atomic_write_text, current_umask
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
@@ -28,7 +28,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Pat
         tmp.write_text("half")
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(UnwritableOutput, match=f"cannot write '{path}': No space left on device"):
         atomic_write(path, half_then_fail)
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json"]

@@ -18,6 +18,7 @@ import torchvision
 from torch import nn
 
 from distill.registry import ConfigError, unknown_choice
+from distill.safe_load import LOAD_ERRORS, UnreadableTensors, load_tensors, refusal_reason
 
 TORCHVISION_PREFIX = "torchvision:"
 TORCHVISION_RESNETS = (
@@ -44,7 +45,12 @@ class TimmBackbone(Backbone):
             kwargs["pretrained"] = True
         elif pretrained is not None:
             kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(pretrained)})
-        self.body = timm.create_model(name, **kwargs)
+        try:
+            self.body = timm.create_model(name, **kwargs)
+        except LOAD_ERRORS as err:
+            if pretrained in (None, "hub"):
+                raise
+            raise ConfigError(f"backbone weights file {pretrained!r} could not be loaded into {name}: {refusal_reason(err)}") from None
         self.channels = list(self.body.feature_info.channels())
         self.strides = list(self.body.feature_info.reduction())
 
@@ -59,7 +65,10 @@ class TorchvisionResNet(Backbone):
         weights = "DEFAULT" if pretrained == "hub" else None
         net = getattr(torchvision.models, name)(weights=weights, replace_stride_with_dilation=dilate)
         if pretrained not in (None, "hub"):
-            state = torch.load(pretrained, map_location="cpu", weights_only=True)
+            try:
+                state = load_tensors(pretrained)
+            except UnreadableTensors as err:
+                raise ConfigError(f"backbone weights file {pretrained!r} could not be read: {err}") from None
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
             missing, unexpected = net.load_state_dict(state, strict=False)
             missing = [k for k in missing if not k.startswith("fc.")]

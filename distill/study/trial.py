@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from distill.checkpoint import state_dirs
+
 LOG_NAME = "train.log"
 
 
@@ -43,7 +45,7 @@ def run_training(config: str | None, overrides: list[str], run_dir: Path, env: d
     Raises :class:`TrialError` with the run's error when the process fails."""
     run_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "distill.train", *(["--config", config] if config else []), *overrides, f"output_dir={run_dir}"]
-    if (run_dir / "checkpoints").is_dir():  # a killed attempt's checkpoints (the trainer resumes the latest)
+    if state_dirs(run_dir):  # a killed attempt's checkpoints (the trainer resumes the latest)
         command.append("--resume")
     log = run_dir / LOG_NAME
     with open(log, "a") as out:
