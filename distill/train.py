@@ -160,7 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    kernels.use_reference(cfg.train.kernels == "reference")
+    if cfg.train.kernels == "triton" and (why := kernels.triton_unavailable_reason(accelerator.device.type == "cuda")):
+        raise ConfigError(f"config key 'train.kernels': 'triton' cannot run on device {accelerator.device}: {why}")
+    kernels.use_backend(cfg.train.kernels)
     set_seed(cfg.seed)
 
     existing = state_dirs(run_dir)
