@@ -47,6 +47,7 @@ import torch  # noqa: E402
 
 from deploy.environment import environment  # noqa: E402
 from distill.atomic_files import atomic_write_text  # noqa: E402
+from distill.tensorboard_scalars import logged_scalars  # noqa: E402
 
 CAMVID = ROOT.parent / "shared/data/camvid"
 STUDENT_WEIGHTS = ROOT.parent / "shared/weights/mobilenetv2_100.imagenet.safetensors"
@@ -94,8 +95,9 @@ def last_json(output: str):
     return json.loads(output.strip().splitlines()[-1])
 
 
-def ratio_figure(name: str, value: float, target: str, ok: Callable[[float], bool]) -> Figure:
-    return Figure(name, value, target, ok(value))
+def ratio_figure(name: str, value: float | None, target: str, ok: Callable[[float], bool]) -> Figure:
+    """A judged figure; None (its baseline failed to run) is reported, not judged."""
+    return Figure(name, value, target, None if value is None else ok(value))
 
 
 # ---------------------------------------------------------------------------------------- judges
@@ -108,7 +110,8 @@ def judge_bench(outputs: list[str]) -> list[Figure]:
     for row in records:
         where = f"{row['case']}, {row['shape']}"
         if "error" in row:
-            figures.append(Figure(f"{where}: {row['implementation']}", row["error"], "runs", row["implementation"] != "triton"))
+            judged = ("runs", False) if row["implementation"] == "triton" else ("-", None)  # a baseline's failure is reported
+            figures.append(Figure(f"{where}: {row['implementation']}", row["error"], *judged))
             continue
         if row["implementation"] == "triton":
             softmax = "softmax-KL" in row["case"]
@@ -126,18 +129,10 @@ def judge_bench(outputs: list[str]) -> list[Figure]:
     return figures
 
 
-def scalars(run: Path) -> dict[str, list[float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(next((run / "tensorboard").rglob("events.out.tfevents.*")).parent))
-    events.Reload()
-    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-
-
 def judge_training(out: Path) -> Callable[[list[str]], list[Figure]]:
     def judge(outputs: list[str]) -> list[Figure]:
         peaks = [last_json(o)["peak_bytes"] for o in outputs]
-        curves = [scalars(out / "train" / backend) for backend in ("triton", "reference")]
+        curves = [logged_scalars(out / "train" / backend) for backend in ("triton", "reference")]
         kernels, reference = (c["loss/total"] for c in curves)
         diffs = [abs(a - b) / abs(b) for a, b in zip(kernels, reference, strict=True)]
         late = len(diffs) - max(1, len(diffs) // 4)
@@ -215,7 +210,7 @@ def training_args(out: Path, cuda: bool, steps: int) -> tuple[list[str], str]:
         notes.append(f"random student ({STUDENT_WEIGHTS} absent)")
     if CAMVID.is_dir():
         return args + [f"data.root={CAMVID}"], f"CamVid ({CAMVID}), " + ", ".join(notes)
-    args += ["data.name=synthetic", "data.synthetic.size=[180,240]", "data.mean=[0.485,0.456,0.406]"]
+    args += ["data.name=synthetic", "data.synthetic.size=[180,240]"]
     return args, f"synthetic scenes at the CamVid crop size 180x240 ({CAMVID} absent), " + ", ".join(notes)
 
 

@@ -22,6 +22,7 @@ from deploy.accuracy import default_shape  # noqa: E402
 from deploy.backends import load_predictor  # noqa: E402
 from deploy.backends.torch_modules import eager_predictor  # noqa: E402
 from deploy.shapes import parse_shape  # noqa: E402
+from distill.registry import ConfigError  # noqa: E402
 from export.parity import THRESHOLDS, run_parity  # noqa: E402
 
 
@@ -43,4 +44,8 @@ def main(argv: list[str] | None = None) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    try:
+        sys.exit(0 if main() else 1)
+    except ConfigError as err:  # an artifact without its sidecar, a backend that cannot run here
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -48,15 +48,6 @@ def run_python(args: list[str], timeout: float = 600, **kwargs) -> subprocess.Co
     )
 
 
-def logged_scalars(run: Path) -> dict[str, list[float]]:
-    """The TensorBoard scalars of a run folder, by tag, in step order."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(next((run / "tensorboard").rglob("events.out.tfevents.*")).parent))
-    events.Reload()
-    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Test tensors are tiny: one thread avoids OpenMP oversubscription on a busy 2-core machine."""

@@ -26,8 +26,9 @@ from distill.config import LossConfig, parse_dataclass
 from distill.losses import LOSSES, LossContext, TaskLoss, build_criterion
 from distill.models import SegOutput
 from distill.registry import ConfigError
+from distill.tensorboard_scalars import logged_scalars
 from distill.train import main
-from tests.conftest import TINY, logged_scalars
+from tests.conftest import TINY
 
 IGNORE = 255
 

@@ -26,8 +26,9 @@ import kernels.affinity_triton
 import kernels.contrast_triton
 import kernels.softmax_kl_triton
 from distill.registry import ConfigError
+from distill.tensorboard_scalars import logged_scalars
 from distill.train import main
-from tests.conftest import TINY, logged_scalars
+from tests.conftest import TINY
 
 STEPS = 2
 TOLERANCE = 1e-3
