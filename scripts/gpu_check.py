@@ -32,6 +32,7 @@ import importlib.util
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -308,18 +309,16 @@ def run_step(step: Step, results: dict[str, Result], deadline: float, logs: Path
     outputs, log = [], []
     for command in step.commands:
         log.append(f"$ {shlex.join(command)}")
-        try:
-            done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=max(1.0, limit - time.monotonic()))
-        except subprocess.TimeoutExpired as err:
-            log.append(_text(err.stdout) + _text(err.stderr))
+        returncode, stdout, stderr = run_command(command, env, max(1.0, limit - time.monotonic()))
+        log.append(stdout + stderr)
+        outputs.append(stdout)
+        if returncode is None:
             result.status, result.reason = "failed", f"timed out ({limit - started:.0f} s for the step)"
             break
-        log.append(done.stdout + done.stderr)
-        outputs.append(done.stdout)
-        if done.returncode != 0:
-            lines = (done.stderr or done.stdout).strip().splitlines()
+        if returncode != 0:
+            lines = (stderr or stdout).strip().splitlines()
             result.status = "failed"
-            result.reason = f"exit status {done.returncode}: {lines[-1] if lines else 'no output'}"
+            result.reason = f"exit status {returncode}: {lines[-1] if lines else 'no output'}"
             break
     else:
         try:
@@ -335,8 +334,19 @@ def run_step(step: Step, results: dict[str, Result], deadline: float, logs: Path
     return result
 
 
-def _text(value: str | bytes | None) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value or ""
+def run_command(command: list[str], env: dict[str, str], timeout: float) -> tuple[int | None, str, str]:
+    """Exit status (None: killed at the timeout), stdout, stderr. The command runs in a session of its
+    own, so a timeout kills its whole process group (data loader workers, benchmark workers) too."""
+    with subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            return None, stdout, stderr
+    return proc.returncode, stdout, stderr
 
 
 def markdown(report: dict) -> str:

@@ -90,3 +90,14 @@ def test_a_missed_kernel_target_fails_the_step_and_names_the_figure(tmp_path: Pa
     assert figures[f"{contrast}, pooled c4 2x2048x16x32: published, torch.compile"][2] is None  # a baseline's error: reported
     assert result.status == "failed" and result.reason == f"target missed: {cwd}, features 2x512x64x128: bandwidth vs copy"
     assert (tmp_path / "kernel_bench.log").read_text().startswith("$ ")
+
+
+def test_a_step_past_its_limit_is_killed_with_its_children_and_fails(tmp_path: Path) -> None:
+    gpu_check = load_gpu_check()
+    spawn = "import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); print(c.pid, flush=True); time.sleep(600)"
+    step = gpu_check.Step("slow", "a step that outlives its limit", 10, [[sys.executable, "-c", spawn]])
+    result = gpu_check.run_step(step, {}, time.monotonic() + 600, tmp_path)
+    assert result.status == "failed" and result.reason.startswith("timed out"), result
+    child = int((tmp_path / "slow.log").read_text().splitlines()[1])
+    state = Path(f"/proc/{child}/stat")
+    assert not state.exists() or state.read_text().split(")")[1].split()[0] in ("Z", "X"), "the step's child outlived the timeout"
