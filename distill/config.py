@@ -166,8 +166,8 @@ class TrainConfig:
     log_interval: int = 10
     deterministic: bool = True
     # Loss kernels: "auto" runs the fused Triton kernels on CUDA tensors; "reference" forces the plain
-    # PyTorch versions everywhere (docs/kernels.md).
-    kernels: Literal["auto", "reference"] = "auto"
+    # PyTorch versions everywhere; "triton" forces the kernels, on CPU under TRITON_INTERPRET=1 (docs/kernels.md).
+    kernels: Literal["auto", "reference", "triton"] = "auto"
     # Write the dataset indices each process consumes to samples_rank{R}.txt (data-order audit).
     record_samples: bool = False
     energy: EnergyConfig = field(default_factory=EnergyConfig)

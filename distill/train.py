@@ -176,7 +176,9 @@ def train(args: argparse.Namespace, held: ExitStack) -> dict:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    kernels.use_reference(cfg.train.kernels == "reference")
+    if cfg.train.kernels == "triton" and (why := kernels.triton_unavailable_reason(accelerator.device.type == "cuda")):
+        raise ConfigError(f"config key 'train.kernels': 'triton' cannot run on device {accelerator.device}: {why}")
+    kernels.use_backend(cfg.train.kernels)
     set_seed(cfg.seed)
 
     # First the lock: no process writes in the run folder, nor reads its checkpoints, while another run may

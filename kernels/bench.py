@@ -235,12 +235,13 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() * src.element_size() / (time_ms * 1e-3)
 
 
-def bench_cuda(dtype: torch.dtype) -> None:
+def bench_cuda(dtype: torch.dtype) -> list[dict]:
+    """Print the table; return its rows as records (figures as numbers) for scripts/gpu_check.py."""
     bandwidth = copy_bandwidth()
     name = torch.cuda.get_device_name()
     print(f"{name}, torch {torch.__version__}; measured copy bandwidth {bandwidth / 1e9:.0f} GB/s; "
           f"inputs {str(dtype).removeprefix('torch.')}; fwd + bwd, median time")  # fmt: skip
-    rows = []
+    rows, records = [], []
     for case in _cases():
         student, teacher = case.inputs("cuda", dtype)
         student.requires_grad_()
@@ -265,16 +266,24 @@ def bench_cuda(dtype: torch.dtype) -> None:
         eager = results["published, eager" if case.naive else "reference, eager"]
         moved = case.bytes_moved(student.element_size())
         for label, result in results.items():
+            record = {"case": case.name, "shape": case.shape, "implementation": label, **result}
+            records.append(record)
             if "error" in result:
                 rows.append((f"{case.name}, {case.shape}", label, result["error"], "", "", "", "", "", ""))
                 continue
             seconds = result["time_ms"] * 1e-3
+            record.update(
+                speedup_vs_eager=eager["time_ms"] / result["time_ms"] if "time_ms" in eager else None,
+                peak_vs_eager=result["peak_bytes"] / eager["peak_bytes"] if "peak_bytes" in eager else None,
+                bandwidth_vs_copy=moved / seconds / bandwidth,
+                tflops=case.flops / seconds / 1e12,
+            )
+            speedup, peak_ratio = record["speedup_vs_eager"], record["peak_vs_eager"]
             rows.append((
                 f"{case.name}, {case.shape}", label, f"{result['time_ms']:.3f}",
                 f"{result['peak_bytes'] / MiB:.1f}", f"{result['working_bytes'] / MiB:.1f}",
-                f"{eager['time_ms'] / result['time_ms']:.2f}" if "time_ms" in eager else "",
-                f"{result['peak_bytes'] / eager['peak_bytes']:.3f}" if "peak_bytes" in eager else "",
-                f"{100 * moved / seconds / bandwidth:.0f}%", f"{case.flops / seconds / 1e12:.1f}",
+                "" if speedup is None else f"{speedup:.2f}", "" if peak_ratio is None else f"{peak_ratio:.3f}",
+                f"{100 * record['bandwidth_vs_copy']:.0f}%", f"{record['tflops']:.1f}",
             ))  # fmt: skip
         print(f"  done: {case.name}, {case.shape}", file=sys.stderr)
     _print_table(
@@ -282,6 +291,7 @@ def bench_cuda(dtype: torch.dtype) -> None:
          "peak / eager", "bandwidth vs copy", "TFLOP/s"),
         rows,
     )  # fmt: skip
+    return records
 
 
 def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
@@ -300,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                         help="input dtype on CUDA (default float32); CPU runs float32")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=3, help="timed fwd + bwd per CPU measurement (>= 1)")
+    parser.add_argument("--json", action="store_true", help="CUDA: end with the rows as one JSON line")
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -310,7 +321,9 @@ def main(argv: list[str] | None = None) -> None:
         if not torch.cuda.is_available():
             print("no CUDA device here: the GPU benchmark is skipped (run it on a GPU machine)")
             return
-        bench_cuda(getattr(torch, args.dtype))
+        records = bench_cuda(getattr(torch, args.dtype))
+        if args.json:
+            print(json.dumps(records))
         return
     bench_cpu(args.repeat)
 

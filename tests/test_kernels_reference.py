@@ -318,6 +318,22 @@ def test_dispatch_auto_reference_switch_and_environment(monkeypatch):
         dispatch.resolve_backend("triton", cpu)
 
 
+def test_forced_triton_runs_auto_calls_on_the_kernels(monkeypatch):
+    cpu = torch.zeros(1)
+    monkeypatch.setattr(dispatch, "triton_available", lambda: True)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv(dispatch.ENV_VAR, "reference")  # the switch's explicit choice wins over the environment
+    with kernels.use_backend("triton"):
+        assert dispatch.resolve_backend("auto", cpu) == "triton"
+        assert dispatch.resolve_backend("reference", cpu) == "reference"
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+            dispatch.resolve_backend("auto", cpu)
+    assert dispatch.resolve_backend("auto", cpu) == "reference"
+    with pytest.raises(ValueError, match="backend='cuda'"):
+        kernels.use_backend("cuda")
+
+
 def test_explicit_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setattr(dispatch, "triton_available", lambda: True)

@@ -26,6 +26,7 @@ from distill.config import LossConfig, parse_dataclass
 from distill.losses import LOSSES, LossContext, TaskLoss, build_criterion
 from distill.models import SegOutput
 from distill.registry import ConfigError
+from distill.tensorboard_scalars import logged_scalars
 from distill.train import main
 from tests.conftest import TINY
 
@@ -518,14 +519,6 @@ def test_cirkd_memory_queues_sized_from_the_class_count() -> None:
     teacher = SegOutput(torch.zeros(2, 5, 4, 4), None, {"head": torch.zeros(2, 16, 4, 4)})
     criterion = build_criterion([LossConfig(name="cirkd_memory", params={"pixel_memory": 7})], TaskLoss(IGNORE), student, teacher)
     assert criterion.terms[0].pixel_queue.shape == (5, 7, 16) and criterion.terms[0].region_queue.shape == (5, 2000, 16)
-
-
-def logged_scalars(run: Path) -> dict[str, list[float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(next((run / "tensorboard").rglob("events.out.tfevents.*")).parent))
-    events.Reload()
-    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 @pytest.mark.parametrize(
