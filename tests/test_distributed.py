@@ -1,6 +1,6 @@
 """Two processes on CPU (gloo) through ``accelerate launch``: each sample is seen once per epoch over
 both processes, and validation metrics are reduced over both (they equal a single-process evaluation
-of the saved model on the whole validation set)."""
+of the saved model on the whole validation set); parameters no loss reaches do not stop DDP."""
 
 from __future__ import annotations
 
@@ -8,17 +8,24 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from distill.evaluate import main as evaluate
 from tests.conftest import TINY, run_python
 
 
+def launch_two(port: int) -> list[str]:
+    """``python ARGS``: accelerate launch of distill/train.py as two gloo processes on this machine."""
+    return [
+        "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), "distill/train.py",
+    ]  # fmt: skip
+
+
 @pytest.mark.slow
 def test_two_process_distillation(tiny_teacher: Path, tmp_path: Path) -> None:
-    args = [
-        "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-        "distill/train.py", *TINY, f"output_dir={tmp_path}", "data.synthetic.num_val=7", "data.batch_size=2",
+    args = [*launch_two(29517), *TINY, f"output_dir={tmp_path}", "data.synthetic.num_val=7", "data.batch_size=2",
         "train.iterations=6", "train.record_samples=true", f"teacher.checkpoint={tiny_teacher}",
         "losses=[{name: pixel_kd, params: {tau: 2.0}}]",
     ]  # fmt: skip
@@ -38,3 +45,25 @@ def test_two_process_distillation(tiny_teacher: Path, tmp_path: Path) -> None:
     reported = json.loads((tmp_path / "metrics.json").read_text())["miou"]
     alone = evaluate(["--checkpoint", str(tmp_path / "final"), "--workers", "0", "--overlays", "0"])["miou"]
     assert reported == pytest.approx(alone, abs=1e-9), "validation was not reduced over both processes"
+
+
+def weights_at(run: Path, step: int) -> dict[str, torch.Tensor]:
+    """The parameters (not the BatchNorm statistics, which a frozen module still updates) of a training state."""
+    saved = load_file(run / "checkpoints" / f"step_{step:07d}" / "model.safetensors")
+    return {name: value for name, value in saved.items() if "running_" not in name and "num_batches" not in name}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("aux_distilled", [False, True], ids=["aux-weight-0", "aux-head-distilled"])
+def test_parameters_no_loss_reaches_are_frozen_under_ddp(tiny_teacher: Path, tmp_path: Path, aux_distilled: bool) -> None:
+    """An auxiliary head with loss weight 0 stopped both processes (DDP: "parameters that were not used in
+    producing loss"); it is now frozen. Reached by a distillation loss alone, it is not: it keeps learning."""
+    kd = [f"teacher.checkpoint={tiny_teacher}", "losses=[{name: pixel_kd, student: aux_logits, teacher: logits}]"]
+    args = [*launch_two(29518), *TINY, f"output_dir={tmp_path}", "data.batch_size=2", "train.aux_weight=0", *(kd if aux_distilled else [])]
+    done = run_python(args)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert ("note: no loss reaches student.aux_head: frozen" in done.stdout) != aux_distilled
+
+    before, after = weights_at(tmp_path, 2), weights_at(tmp_path, 4)
+    changed = {name.split(".")[1] for name in before if not torch.equal(before[name], after[name])}
+    assert changed == ({"backbone", "head", "aux_head"} if aux_distilled else {"backbone", "head"})
