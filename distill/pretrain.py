@@ -53,6 +53,7 @@ from distill.data.synthetic import SyntheticScenes
 from distill.data.unlabelled import ImageFolder, SeededViews, SyntheticImages, view_transform
 from distill.kdep import PooledFeature, fit_basis, kdep_loss, kdep_target, load_basis, save_basis
 from distill.optim import build_optimizer, set_learning_rate
+from distill.processes import die_with_launcher
 from distill.registry import ConfigError
 
 WEIGHTS_NAME = "student_backbone.safetensors"
@@ -154,6 +155,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> Path:
     """Pre-train; returns the path of the student backbone's weights."""
+    die_with_launcher()
     args = parse_args(argv)
     cfg = load_pretrain_config(args.config, args.overrides)
     run_dir = Path(cfg.output_dir)

@@ -44,6 +44,7 @@ from distill.losses import Criterion, LossContext, TaskLoss, build_criterion
 from distill.metrics import SegMetrics
 from distill.models import SegOutput, build_model, count_parameters
 from distill.optim import build_optimizer, learning_rate, set_learning_rate
+from distill.processes import die_with_launcher
 from distill.registry import ConfigError
 from distill.teacher import build_teacher
 from distill.unreached import freeze_unreached
@@ -144,6 +145,7 @@ def flat_hparams(cfg: Config) -> dict[str, float | int | str | bool]:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    die_with_launcher()
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(cfg.output_dir)

@@ -4,15 +4,22 @@ of the saved model on the whole validation set); parameters no loss reaches do n
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from distill.checkpoint import state_dirs
 from distill.evaluate import main as evaluate
-from tests.conftest import TINY, run_python
+from tests.conftest import ROOT, TINY, run_python, subprocess_env
 
 
 def launch_two(port: int) -> list[str]:
@@ -67,3 +74,31 @@ def test_parameters_no_loss_reaches_are_frozen_under_ddp(tiny_teacher: Path, tmp
     before, after = weights_at(tmp_path, 2), weights_at(tmp_path, 4)
     changed = {name.split(".")[1] for name in before if not torch.equal(before[name], after[name])}
     assert changed == ({"backbone", "head", "aux_head"} if aux_distilled else {"backbone", "head"})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_training_processes_die_with_their_launcher(tmp_path: Path, signal_number: int) -> None:
+    """The launcher starts each worker in a session of its own: killed with SIGKILL, it left both training
+    to the end, unattended."""
+    args = [*launch_two(29519), *TINY, f"output_dir={tmp_path}", "data.batch_size=2", "train.iterations=100000"]
+    launcher = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 300
+        while not state_dirs(tmp_path):  # training has begun: its first checkpoint is written
+            assert launcher.poll() is None, "the launch ended before it could be killed"
+            assert time.monotonic() < deadline, "training did not begin"
+            time.sleep(0.2)
+        workers = [p for p in psutil.Process(launcher.pid).children(recursive=True) if "distill/train.py" in p.cmdline()]
+        assert len(workers) == 2
+        launcher.send_signal(signal_number)
+        launcher.wait()
+        _, alive = psutil.wait_procs(workers, timeout=60)
+        assert not alive, f"training processes outlived their launcher: {[p.pid for p in alive]}"
+    finally:  # a failed test leaves nothing running
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for proc in workers or psutil.Process(launcher.pid).children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()
+        launcher.kill()
