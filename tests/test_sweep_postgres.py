@@ -71,6 +71,10 @@ def sweep(space: Path, study_dir: Path, *storage: str) -> list[str]:
             "--name", NAME, *storage, "--heartbeat", "1", *RUN]  # fmt: skip
 
 
+def start(command: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(command, cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def report_tables(study_dir: Path) -> dict[str, str]:
     """The report's results (comparison and grid, as CSV and Markdown); not its trial numbers, times or energy."""
     done = run_python(["distill/report.py", str(study_dir)], timeout=300)
@@ -86,8 +90,9 @@ def test_two_machines_share_a_postgresql_study_survive_a_kill_and_report_as_sqli
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     storage = ["--storage", postgres_url]
-    machines = [subprocess.Popen(sweep(space, tmp_path / f"machine{i}", *storage), cwd=ROOT, env=subprocess_env(),
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in (0, 1)]  # fmt: skip
+    machines = [start(sweep(space, tmp_path / f"machine{i}", *storage)) for i in (0, 1)]
+    sqlite = tmp_path / "sqlite"
+    alone = start([*sweep(space, sqlite), "--workers", "2"])  # the same study on SQLite, meanwhile
     try:
         # Kill machine 0 (SIGKILL: no clean-up; its training run dies with it) while it trains a trial.
         deadline = time.monotonic() + 300
@@ -100,13 +105,13 @@ def test_two_machines_share_a_postgresql_study_survive_a_kill_and_report_as_sqli
             time.sleep(0.5)
         machines[0].send_signal(signal.SIGKILL)
         machines[0].wait()
-        machines[0] = subprocess.Popen(sweep(space, tmp_path / "machine0", *storage), cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for machine in machines:
-            machine.wait(timeout=600)
+        machines[0] = start(sweep(space, tmp_path / "machine0", *storage))
+        for sweeper in [*machines, alone]:
+            sweeper.wait(timeout=600)
     finally:
-        for machine in machines:
-            machine.kill()
-    assert [m.returncode for m in machines] == [0, 0]
+        for sweeper in [*machines, alone]:
+            sweeper.kill()
+    assert [m.returncode for m in [*machines, alone]] == [0, 0, 0]
 
     final = trials(postgres_url)
     completed = sorted((t.params["train.optimizer.lr"], t.params["seed"]) for t in final if t.state.name == "COMPLETE")
@@ -117,9 +122,6 @@ def test_two_machines_share_a_postgresql_study_survive_a_kill_and_report_as_sqli
     assert [t.params for t in killed] == [running[0].params]  # the killed trial, retried in its place
     assert {Path(t.user_attrs["run_dir"]).parent.parent.name for t in final if t.state.name == "COMPLETE"} <= {"machine0", "machine1"}
 
-    sqlite = tmp_path / "sqlite"
-    done = run_python(sweep(space, sqlite)[1:] + ["--workers", "2"], timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert report_tables(tmp_path / "machine1") == report_tables(sqlite)
 
 
