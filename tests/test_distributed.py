@@ -1,6 +1,7 @@
-"""Two processes on CPU (gloo) through ``accelerate launch``: each sample is seen once per epoch over
+"""Several processes on CPU (gloo) through ``accelerate launch``: each sample is seen once per epoch over
 both processes, and validation metrics are reduced over both (they equal a single-process evaluation
-of the saved model on the whole validation set); parameters no loss reaches do not stop DDP."""
+of the saved model on the whole validation set); parameters no loss reaches do not stop DDP; the
+processes die with their launcher; two "machines" on this host train and resume as one machine does."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from distill.evaluate import main as evaluate
 from tests.conftest import ROOT, TINY, run_python, subprocess_env
 
 
-def launch_two(port: int, processes: int = 2) -> list[str]:
-    """``python ARGS``: accelerate launch of distill/train.py as two (or more) gloo processes on this machine."""
+def launch(port: int, processes: int = 2) -> list[str]:
+    """``python ARGS``: accelerate launch of distill/train.py as gloo processes on this machine."""
     return [
         "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), "distill/train.py",
@@ -34,7 +35,7 @@ def launch_two(port: int, processes: int = 2) -> list[str]:
 
 @pytest.mark.slow
 def test_two_process_distillation(tiny_teacher: Path, tmp_path: Path) -> None:
-    args = [*launch_two(29517), *TINY, f"output_dir={tmp_path}", "data.synthetic.num_val=7", "data.batch_size=2",
+    args = [*launch(29517), *TINY, f"output_dir={tmp_path}", "data.synthetic.num_val=7", "data.batch_size=2",
         "train.iterations=6", "train.record_samples=true", f"teacher.checkpoint={tiny_teacher}",
         "losses=[{name: pixel_kd, params: {tau: 2.0}}]",
     ]  # fmt: skip
@@ -68,7 +69,7 @@ def test_parameters_no_loss_reaches_are_frozen_under_ddp(tiny_teacher: Path, tmp
     """An auxiliary head with loss weight 0 stopped both processes (DDP: "parameters that were not used in
     producing loss"); it is now frozen. Reached by a distillation loss alone, it is not: it keeps learning."""
     kd = [f"teacher.checkpoint={tiny_teacher}", "losses=[{name: pixel_kd, student: aux_logits, teacher: logits}]"]
-    args = [*launch_two(29518), *TINY, f"output_dir={tmp_path}", "data.batch_size=2", "train.aux_weight=0", *(kd if aux_distilled else [])]
+    args = [*launch(29518), *TINY, f"output_dir={tmp_path}", "data.batch_size=2", "train.aux_weight=0", *(kd if aux_distilled else [])]
     done = run_python(args)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert ("note: no loss reaches student.aux_head: frozen" in done.stdout) != aux_distilled
@@ -82,8 +83,8 @@ def test_parameters_no_loss_reaches_are_frozen_under_ddp(tiny_teacher: Path, tmp
 @pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_training_processes_die_with_their_launcher(tmp_path: Path, signal_number: int) -> None:
     """The launcher starts each worker in a session of its own: killed with SIGKILL, it left both training
-    to the end, unattended."""
-    args = [*launch_two(29519), *TINY, f"output_dir={tmp_path}", "data.batch_size=2", "train.iterations=100000"]
+    to the end, unattended (on SIGTERM its own clean-up ends them)."""
+    args = [*launch(29519), *TINY, f"output_dir={tmp_path}", "data.batch_size=2", "train.iterations=100000"]
     launcher = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers: list[psutil.Process] = []
     try:
@@ -135,7 +136,7 @@ def test_two_machines_train_and_resume_as_one_four_process_run(tmp_path: Path) -
     args = [*TINY, "data.batch_size=2", "train.iterations=12", "train.checkpoint_interval=3", "train.eval_interval=6",
             "train.keep_checkpoints=4", "train.record_samples=true"]  # fmt: skip
     reference = tmp_path / "reference"
-    done = run_python([*launch_two(free_port(), processes=4), *args, f"output_dir={reference}"])
+    done = run_python([*launch(free_port(), processes=4), *args, f"output_dir={reference}"])
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
 
     run = tmp_path / "run"
@@ -161,7 +162,7 @@ def test_two_machines_train_and_resume_as_one_four_process_run(tmp_path: Path) -
     assert "4 process(es)" in outputs[0] and f"resumed from {state} at step {step}" in outputs[0]
     resumed = tmp_path / "reference_resumed"
     shutil.copytree(reference / "checkpoints" / state.name, resumed / "checkpoints" / state.name)
-    done = run_python([*launch_two(free_port(), processes=4), *args, f"output_dir={resumed}", "--resume"])
+    done = run_python([*launch(free_port(), processes=4), *args, f"output_dir={resumed}", "--resume"])
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert_same_weights(resumed / "final/model.safetensors", run / "final/model.safetensors")
 
