@@ -56,6 +56,7 @@ from distill.data.synthetic import SyntheticScenes
 from distill.data.unlabelled import ImageFolder, SeededViews, SyntheticImages, view_transform
 from distill.kdep import PooledFeature, fit_basis, kdep_loss, kdep_target, load_basis, save_basis
 from distill.optim import build_optimizer, set_learning_rate
+from distill.processes import die_with_launcher
 from distill.registry import ConfigError
 from distill.run_lock import run_folder_lock
 
@@ -158,6 +159,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> Path:
     """Pre-train; returns the path of the student backbone's weights."""
+    die_with_launcher()
     with ExitStack() as held:  # the run folder's lock, released when pre-training ends, however it ends
         return pretrain(parse_args(argv), held)
 

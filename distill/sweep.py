@@ -22,10 +22,10 @@ import sys
 import time
 from pathlib import Path
 
+from distill.processes import die_with_parent
 from distill.registry import ConfigError
 from distill.study.space import check_against_config, load_space
 from distill.study.storage import create_study, default_storage
-from distill.study.trial import die_with_parent
 from distill.study.worker import run_worker
 
 

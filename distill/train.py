@@ -47,9 +47,11 @@ from distill.losses import Criterion, LossContext, TaskLoss, build_criterion
 from distill.metrics import SegMetrics
 from distill.models import SegOutput, build_model, count_parameters
 from distill.optim import build_optimizer, learning_rate, set_learning_rate
+from distill.processes import die_with_launcher
 from distill.registry import ConfigError
 from distill.run_lock import run_folder_lock
 from distill.teacher import build_teacher
+from distill.unreached import freeze_unreached
 
 
 class NonFiniteLoss(RuntimeError):
@@ -155,6 +157,7 @@ def flat_hparams(cfg: Config) -> dict[str, float | int | str | bool]:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    die_with_launcher()
     with ExitStack() as held:  # the run folder's lock, released when training ends, however it ends
         return train(parse_args(argv), held)
 
@@ -213,6 +216,10 @@ def train(args: argparse.Namespace, held: ExitStack) -> dict:
     if sync_bn:  # loss modules with BatchNorm (adapters, projection heads) normalise over all processes too
         criterion = nn.SyncBatchNorm.convert_sync_batchnorm(criterion)
     objective = Objective(student, criterion)
+    probe_context = LossContext(torch.stack([val_set[0][1]] * 2).long().to(accelerator.device), info.ignore_index, info.num_classes)
+    note = freeze_unreached(objective, probe_images, probe_context, t_out)
+    if note and main_process:
+        print(note)
     head_modules = [m for name, m in student.named_children() if name != "backbone"] + [criterion]
     backbone = getattr(student, "backbone", nn.Identity())
     optimizer = build_optimizer(backbone, head_modules, cfg.train.optimizer)

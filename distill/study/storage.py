@@ -2,8 +2,8 @@
 
 * The storage holds the trials (parameters, seeds, states, values, errors, metrics, energy). By default it
   is the SQLite file ``STUDY/study.db``; ``--storage postgresql://USER@HOST/DB`` (any SQLAlchemy
-  URL Optuna accepts; PostgreSQL needs ``pip install psycopg2-binary``) lets workers on several machines
-  share one study. The URL is saved in ``study.json``: keep a password out of it (``~/.pgpass`` or
+  URL Optuna accepts; the ``sweep`` extra installs psycopg, SQLAlchemy's PostgreSQL driver) lets workers
+  on several machines share one study. The URL is saved in ``study.json``: keep a password out of it (``~/.pgpass`` or
   ``PGPASSWORD``, which PostgreSQL's client reads).
 * The folder holds ``study.json`` (the storage URL, the study's name and its setup: base config, space,
   seeds, overrides) and ``runs/NNNN/``, one ordinary run folder per trial.

@@ -7,27 +7,21 @@ so killing a sweep leaves no orphaned training behind, and the retry resumes fro
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from distill.checkpoint import state_dirs
+from distill.processes import die_with_parent
 
 LOG_NAME = "train.log"
 
 
 class TrialError(RuntimeError):
     """The training run of a trial failed; the message is its error."""
-
-
-def die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def last_error(log: Path) -> str:
