@@ -105,7 +105,9 @@ def quantize_with_ort(source: Path, output: Path, inputs: list[np.ndarray], inpu
             weight_type=QuantType.QInt8,
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             calibrate_method=calibrate[method],
-            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+            # TensorRT dequantizes only INT8 / FP8 (onnx-tensorrt operators.md) and fuses float biases itself:
+            # no DequantizeLinear on INT32 biases there; ONNX Runtime's CPU kernels fuse the INT32 ones.
+            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": not symmetric},
         )
 
 

@@ -32,7 +32,7 @@ from torch.export import Dim  # noqa: E402
 from deploy.shapes import ImageShape  # noqa: E402
 from deploy.wrapper import DTYPES, INPUT_NAME, DeployModel, load_deploy_model  # noqa: E402
 from distill.registry import ConfigError  # noqa: E402
-from export.onnx_graph import check_and_infer, name_dynamic_dims, save_atomic, slim  # noqa: E402
+from export.onnx_graph import check_and_infer, name_dynamic_dims, save_atomic, shapes_after_uint8_cast, slim  # noqa: E402
 from export.options import add_model_arguments, export_shape, parse_dynamic, traced_shape  # noqa: E402
 from export.parity import ParityReport, add_parity_arguments, gate_artifact  # noqa: E402
 from export.shape_generic import shape_generic_pooling  # noqa: E402
@@ -85,6 +85,7 @@ def export_onnx(model: DeployModel, shape: ImageShape, dynamic: set[str], path: 
         )
         graph = onnx.load(str(raw))
     name_dynamic_dims(graph, axes)
+    shapes_after_uint8_cast(graph)
     graph = check_and_infer(slim(graph) if use_slim else graph)
     save_atomic(graph, path)
 

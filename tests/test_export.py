@@ -109,6 +109,14 @@ def test_dynamic_psp_graph_is_right_at_every_shape(psp_labels_dynamic) -> None:
     assert np.array_equal(artifact.predict(images), reference.predict(images))
 
 
+def test_uint8_input_is_cast_to_float_before_any_other_node(psp_labels_dynamic) -> None:
+    """TensorRT has no UINT8 Transpose: a uint8 network input may only feed a Cast (onnx-tensorrt operators.md)."""
+    _, path, _ = psp_labels_dynamic
+    graph = onnx.load(str(path)).graph
+    consumers = [n.op_type for n in graph.node if graph.input[0].name in n.input]
+    assert consumers == ["Cast"]
+
+
 def test_sidecar_links_the_artifact_to_its_checkpoint(aspp_logits) -> None:
     checkpoint, path = aspp_logits
     info = read_artifact_info(path)
@@ -163,10 +171,13 @@ def test_int8_is_an_explicit_qdq_graph(aspp_logits, target: str) -> None:
         assert inits[node.input[1]].shape == (inits[node.input[0]].shape[0],)
         assert not inits[node.input[2]].any()
     zero_points = [inits[n.input[2]] for n in quantize]
-    if target == "tensorrt":  # TensorRT needs int8 activations with zero point 0
+    int32_dequantized = [n for n in graph.graph.node if n.op_type == "DequantizeLinear" and inits.get(n.input[0], np.zeros(0, np.int8)).dtype == np.int32]
+    if target == "tensorrt":  # TensorRT needs int8 activations with zero point 0, and dequantizes only INT8 / FP8
         assert all(z.dtype == np.int8 and not z.any() for z in zero_points)
-    else:
+        assert not int32_dequantized  # biases stay float
+    else:  # ONNX Runtime fuses int32 biases into its integer convolutions
         assert all(z.dtype == np.uint8 for z in zero_points)
+        assert int32_dequantized
     info = read_artifact_info(out)
     assert info.precision == "int8" and info.parity["passed"]
     assert info.source["artifact_sha256"] == sha256_of(source)
