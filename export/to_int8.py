@@ -71,6 +71,27 @@ def calibration_inputs(args: argparse.Namespace, info: ArtifactInfo) -> list[np.
     return [fp32.prepare(images).numpy() for images, _ in batches]
 
 
+def float_nodes(model: onnx.ModelProto, depthwise: bool) -> list[str]:
+    """Names of the nodes kept in float: the first convolution (it sees the raw image), the last one
+    (the classifier) and everything downstream of it (the resize of the logits, the argmax), since
+    quantized logits move the argmax wherever two classes are close; with ``depthwise`` also the
+    depthwise convolutions, whose per-tensor activations cost the most agreement on MobileNetV2
+    (docs/deployment.md). Unnamed nodes get names."""
+    for i, node in enumerate(model.graph.node):
+        node.name = node.name or f"{node.op_type}_{i}"
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    if not convs:
+        return []
+    keep, tensors = [convs[0].name, convs[-1].name], set(convs[-1].output)
+    if depthwise:
+        keep += [n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    for node in model.graph.node:  # topological order: one pass finds everything downstream
+        if tensors.intersection(node.input):
+            keep.append(node.name)
+            tensors.update(node.output)
+    return keep
+
+
 def quantize_with_ort(source: Path, output: Path, inputs: list[np.ndarray], input_name: str, method: str, target: str) -> None:
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -96,6 +117,10 @@ def quantize_with_ort(source: Path, output: Path, inputs: list[np.ndarray], inpu
         # ONNX shape inference and graph folding (e.g. BatchNorm into Conv); ORT's symbolic shape inference
         # is for transformers and gives up on some dynamic CNN graphs.
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        graph = onnx.load(str(prepared))
+        # TensorRT picks each float layer's kernel itself; ONNX Runtime's CPU target keeps its fast int8 depthwise
+        excluded = float_nodes(graph, depthwise=symmetric)
+        onnx.save_model(graph, str(prepared))
         quantize_static(
             str(prepared),
             str(output),
@@ -105,6 +130,7 @@ def quantize_with_ort(source: Path, output: Path, inputs: list[np.ndarray], inpu
             weight_type=QuantType.QInt8,
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             calibrate_method=calibrate[method],
+            nodes_to_exclude=excluded,
             # TensorRT dequantizes only INT8 / FP8 (onnx-tensorrt operators.md) and fuses float biases itself:
             # no DequantizeLinear on INT32 biases there; ONNX Runtime's CPU kernels fuse the INT32 ones.
             extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": not symmetric},

@@ -18,12 +18,13 @@ from hypothesis import strategies as st
 from deploy.artifact import ArtifactError, read_artifact_info, sidecar_path
 from deploy.backends import load_predictor
 from deploy.backends.torch_modules import eager_predictor
-from deploy.shapes import ImageShape
+from deploy.shapes import ImageShape, parse_range
 from distill.checkpoint import read_metadata, save_model, sha256_of
 from distill.config import DataConfig, ModelConfig, config_to_dict
 from distill.data.base import DatasetInfo
 from distill.data.synthetic import CLASSES, IGNORE_INDEX, PALETTE
 from distill.models import build_model
+from distill.registry import ConfigError
 from export import to_int8, to_onnx, to_trt
 from export.onnx_graph import graph_precision
 from export.parity import THRESHOLDS, run_parity
@@ -109,6 +110,22 @@ def test_dynamic_psp_graph_is_right_at_every_shape(psp_labels_dynamic) -> None:
     assert np.array_equal(artifact.predict(images), reference.predict(images))
 
 
+def test_sidecar_states_the_shape_range_whose_corners_the_gate_checked(psp_labels_dynamic) -> None:
+    _, path, report = psp_labels_dynamic
+    info = read_artifact_info(path)
+    assert info.shape_range == {"min": "1x3x30x42", "opt": f"1x3x{SIZE[0]}x{SIZE[1]}", "max": "2x3x53x74"}
+    corners = {f"{n}x3x{h}x{w}" for n in (1, 2) for h in (30, 53) for w in (42, 74)}
+    checked = {c.shape for c in report.checks}
+    assert corners | {info.shape_range["opt"]} <= checked
+    assert all(c.images >= 8 for c in report.checks if c.inputs == "synthetic/val resized")
+
+
+def test_shape_range_must_hold_the_export_shape() -> None:
+    with pytest.raises(ConfigError, match=r"--shape-range '1x3x48x64/1x3x96x128': each dimension must satisfy MIN <= the export shape 1x3x40x56"):
+        parse_range("1x3x48x64/1x3x96x128", ImageShape(1, *SIZE))
+    assert parse_range("1x3x20x28/4x3x40x56", ImageShape(1, *SIZE)).max == ImageShape(4, *SIZE)
+
+
 def test_uint8_input_is_cast_to_float_before_any_other_node(psp_labels_dynamic) -> None:
     """TensorRT has no UINT8 Transpose: a uint8 network input may only feed a Cast (onnx-tensorrt operators.md)."""
     _, path, _ = psp_labels_dynamic
@@ -124,7 +141,8 @@ def test_sidecar_links_the_artifact_to_its_checkpoint(aspp_logits) -> None:
     assert info.source["weights_sha256"] == read_metadata(checkpoint)["weights_sha256"]
     assert info.input.shape == [1, 3, "height", "width"] and info.output.shape == [1, len(CLASSES), "height", "width"]
     assert info.classes == list(CLASSES) and info.parity["passed"] and info.extra["slim"] and info.versions["onnxslim"]
-    assert len(info.parity["checks"]) == 3 and all(c["max_abs_error"] < 1e-4 for c in info.parity["checks"])
+    # the export shape, an odd size, the four corners of the height x width range, the dataset
+    assert len(info.parity["checks"]) == 7 and all(c["max_abs_error"] < 1e-4 for c in info.parity["checks"])
     predictor = load_predictor(path)
     with pytest.raises(ArtifactError, match="does not fit"):
         predictor.predict(np.zeros((2, 32, 32, 3), np.uint8))
@@ -171,13 +189,10 @@ def test_int8_is_an_explicit_qdq_graph(aspp_logits, target: str) -> None:
         assert inits[node.input[1]].shape == (inits[node.input[0]].shape[0],)
         assert not inits[node.input[2]].any()
     zero_points = [inits[n.input[2]] for n in quantize]
-    int32_dequantized = [n for n in graph.graph.node if n.op_type == "DequantizeLinear" and inits.get(n.input[0], np.zeros(0, np.int8)).dtype == np.int32]
-    if target == "tensorrt":  # TensorRT needs int8 activations with zero point 0, and dequantizes only INT8 / FP8
+    if target == "tensorrt":  # TensorRT needs int8 activations with zero point 0
         assert all(z.dtype == np.int8 and not z.any() for z in zero_points)
-        assert not int32_dequantized  # biases stay float
-    else:  # ONNX Runtime fuses int32 biases into its integer convolutions
+    else:
         assert all(z.dtype == np.uint8 for z in zero_points)
-        assert int32_dequantized
     info = read_artifact_info(out)
     assert info.precision == "int8" and info.parity["passed"]
     assert info.source["artifact_sha256"] == sha256_of(source)
