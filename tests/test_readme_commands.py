@@ -91,9 +91,10 @@ def test_readme_export_commands_run_verbatim(readme_run) -> None:
     assert (work / "runs" / "deploy_benchmark" / "results.json").is_file()
 
 
-def test_readme_int8_graph_keeps_biases_in_float(readme_run) -> None:
+def test_readme_int8_graph_keeps_biases_and_the_classifier_in_float(readme_run) -> None:
     """TensorRT's ONNX parser dequantizes only INT8 / FP8 (onnx-tensorrt operators.md): no DequantizeLinear
-    may read an INT32 bias; the quantized convolutions keep float biases instead."""
+    may read an INT32 bias; the quantized convolutions keep float biases instead. The classifier stays
+    float: quantized logits would move the argmax."""
     work, _ = readme_run
     graph = onnx.load(str(work / "RUN" / "final" / "export" / "model_int8.onnx")).graph
     types = {i.name: i.data_type for i in graph.initializer}
@@ -101,3 +102,5 @@ def test_readme_int8_graph_keeps_biases_in_float(readme_run) -> None:
     assert onnx.TensorProto.INT32 not in dequantized.values()
     quantized_convs = [n for n in graph.node if n.op_type == "Conv" and n.input[1] in dequantized]
     assert quantized_convs and any(types.get(n.input[2]) == onnx.TensorProto.FLOAT for n in quantized_convs if len(n.input) > 2)
+    classifier = [n for n in graph.node if n.op_type == "Conv"][-1]
+    assert types.get(classifier.input[1]) == onnx.TensorProto.FLOAT
