@@ -40,7 +40,7 @@ from deploy.shapes import parse_shape  # noqa: E402
 from distill.checkpoint import sha256_of  # noqa: E402
 from distill.registry import ConfigError  # noqa: E402
 from export.onnx_graph import check_and_infer, graph_precision, save_atomic  # noqa: E402
-from export.parity import ParityReport, add_parity_arguments, gate_artifact  # noqa: E402
+from export.parity import ParityReport, add_parity_arguments, gate_artifact, vouched_range  # noqa: E402
 
 METHODS = ("entropy", "minmax", "percentile")
 TARGETS = ("tensorrt", "onnxruntime-cpu")
@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> ParityReport:
     info = read_artifact_info(source)
     if info.kind != "onnx" or info.precision != "fp32":
         raise ArtifactError(f"--onnx {str(source)!r} is a {info.precision} {info.kind} artifact; INT8 starts from an FP32 ONNX")
+    traced = parse_shape(info.extra["traced_at"], f"{source} sidecar: extra.traced_at")
+    vouched_range(info, traced, args, None)  # a bad --shape-range stops here, not after the calibration
     inputs = calibration_inputs(args, info)
     if not inputs:
         raise ConfigError("--calibration-images: no calibration batch could be formed (is the split empty?)")
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> ParityReport:
             "calibration": {"dataset": args.data, "split": args.calibration_split or info.data.get("train_split", "train"), "batches": len(inputs)},
         }
     )
-    return gate_artifact(output, info, parse_shape(info.extra["traced_at"], f"{source} sidecar: extra.traced_at"), args)
+    return gate_artifact(output, info, traced, args)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ import onnxscript  # noqa: E402
 import torch  # noqa: E402
 from torch.export import Dim  # noqa: E402
 
-from deploy.shapes import ImageShape  # noqa: E402
+from deploy.shapes import ImageShape, parse_range  # noqa: E402
 from deploy.wrapper import DTYPES, INPUT_NAME, DeployModel, load_deploy_model  # noqa: E402
 from distill.registry import ConfigError  # noqa: E402
 from export.onnx_graph import check_and_infer, name_dynamic_dims, save_atomic, shapes_after_uint8_cast, slim  # noqa: E402
@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> ParityReport:
     dynamic = parse_dynamic(args.dynamic)
     model, meta = load_deploy_model(args.checkpoint, args.output, args.fold_normalize, args.precision)
     shape = export_shape(args, meta)
+    if args.shape_range:  # a bad range stops here, not after the export
+        parse_range(args.shape_range, shape)
     path = Path(args.out) if args.out else default_path(args)
     print(f"exporting {args.checkpoint} at {shape} (dynamic: {', '.join(sorted(dynamic)) or 'none'}) to {path}")
     export_onnx(model, shape, dynamic, path, args.opset, args.slim)

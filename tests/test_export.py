@@ -126,6 +126,15 @@ def test_shape_range_must_hold_the_export_shape() -> None:
     assert parse_range("1x3x20x28/4x3x40x56", ImageShape(1, *SIZE)).max == ImageShape(4, *SIZE)
 
 
+def test_bad_shape_range_stops_int8_before_it_quantizes(aspp_logits, capsys) -> None:
+    _, source = aspp_logits
+    out = source.with_name("int8_bad_range.onnx")
+    argv = ["--onnx", str(source), "--shape-range", "1x3x20x28/1x3x30x40", "--out", str(out), *PARITY]
+    assert to_int8.run(argv) == 2
+    assert "--shape-range '1x3x20x28/1x3x30x40': each dimension must satisfy MIN <=" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_uint8_input_is_cast_to_float_before_any_other_node(psp_labels_dynamic) -> None:
     """TensorRT has no UINT8 Transpose: a uint8 network input may only feed a Cast (onnx-tensorrt operators.md)."""
     _, path, _ = psp_labels_dynamic
