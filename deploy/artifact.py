@@ -53,6 +53,7 @@ class ArtifactInfo:
     sha256: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     parity: dict[str, Any] | None = None
+    shape_range: dict[str, str] | None = None  # min / opt / max (N x 3 x H x W) that the parity gate vouches for
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

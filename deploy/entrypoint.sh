@@ -9,7 +9,7 @@
 #   ONNX        the ONNX export to build (its sidecar ONNX.json beside it)    default CHECKPOINT/export/model.onnx
 #   PRECISION   fp32 | fp16 | bf16 | int8 (int8 needs a QDQ ONNX)            default: the ONNX graph's own
 #   SHAPES      MIN/OPT/MAX for a dynamic ONNX, e.g. 1x3x360x480/1x3x720x960/1x3x1080x1920
-#               default: the export size from the ONNX's sidecar, batch 1 to 8
+#               default: the shape range in the ONNX's sidecar, batch 1 to 8
 #   DATA        dataset for the gate and the mIoU, e.g. camvid:/data/camvid (mounted)
 #   CACHE       the volume for engines, timing caches and benchmark reports   default /cache
 # Arguments after the image name go to deploy/benchmark.py (e.g. --iterations 500).

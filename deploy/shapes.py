@@ -3,6 +3,7 @@ how they map onto an artifact's input tensor (NCHW float or NHWC uint8)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from distill.registry import ConfigError
@@ -40,3 +41,55 @@ def accepts(spec_shape: list[int | str], layout: str, shape: ImageShape) -> bool
     """Whether an input declared as ``spec_shape`` (strings = dynamic) accepts ``shape``."""
     wanted = shape.tensor_shape(layout)
     return len(spec_shape) == 4 and all(isinstance(d, str) or d == w for d, w in zip(spec_shape, wanted, strict=True))
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    """The shapes an artifact vouches for: every dimension between ``min`` and ``max`` (its parity gate
+    checked the corners of that box and ``opt``, the export shape)."""
+
+    min: ImageShape
+    opt: ImageShape
+    max: ImageShape
+
+    def to_dict(self) -> dict[str, str]:
+        return {"min": str(self.min), "opt": str(self.opt), "max": str(self.max)}
+
+    def corners(self) -> list[ImageShape]:
+        """Every combination of the smallest and largest value of each dimension (once each)."""
+        corners = [
+            ImageShape(n, h, w)
+            for n in (self.min.batch, self.max.batch)
+            for h in (self.min.height, self.max.height)
+            for w in (self.min.width, self.max.width)
+        ]
+        return list(dict.fromkeys(corners))
+
+
+def default_range(export: ImageShape, dynamic: set[str]) -> ShapeRange:
+    """For each dynamic dimension: a batch of 1 to twice the export batch, and 3/4 to 4/3 of the export
+    height and width (an INT8 graph calibrated at one size drifts away from it; wider with --shape-range,
+    then gated there too); the fixed dimensions keep their value."""
+    low = ImageShape(
+        1 if "batch" in dynamic else export.batch,
+        max(1, export.height * 3 // 4) if "height" in dynamic else export.height,
+        max(1, export.width * 3 // 4) if "width" in dynamic else export.width,
+    )
+    high = ImageShape(
+        2 * export.batch if "batch" in dynamic else export.batch,
+        export.height * 4 // 3 if "height" in dynamic else export.height,
+        export.width * 4 // 3 if "width" in dynamic else export.width,
+    )
+    return ShapeRange(low, export, high)
+
+
+def parse_range(text: str, export: ImageShape, where: str = "--shape-range") -> ShapeRange:
+    """``MIN/MAX`` (N x 3 x H x W each) around the export shape."""
+    parts = text.split("/")
+    if len(parts) != 2:
+        raise ConfigError(f"{where} {text!r}: expected MIN/MAX, e.g. 1x3x90x120/2x3x360x480")
+    low, high = (parse_shape(p, where) for p in parts)
+    dims = [dataclasses.astuple(s) for s in (low, export, high)]
+    if not all(a <= b <= c for a, b, c in zip(*dims, strict=True)):
+        raise ConfigError(f"{where} {text!r}: each dimension must satisfy MIN <= the export shape {export} <= MAX")
+    return ShapeRange(low, export, high)

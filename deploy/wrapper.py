@@ -45,7 +45,8 @@ class DeployModel(nn.Module):
         self.eval()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).float() * self.scale - self.shift if self.uint8_input else images
+        # Cast before the permute: TensorRT has no UINT8 Transpose (UINT8 may only be a network input / output)
+        x = images.float().permute(0, 3, 1, 2) * self.scale - self.shift if self.uint8_input else images
         logits = self.model(x.to(self.dtype)).logits
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         if self.output == "labels":

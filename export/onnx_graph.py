@@ -25,6 +25,26 @@ def name_dynamic_dims(model: onnx.ModelProto, input_names: dict[int, str]) -> No
                 dim.dim_param = rename[dim.dim_param]
 
 
+def shapes_after_uint8_cast(model: onnx.ModelProto) -> None:
+    """TensorRT takes a UINT8 network input only into a Cast to float (its DataType::kUINT8 rule), but the
+    exporter reads the dynamic sizes with Shape nodes on the uint8 input itself: those read the Cast's
+    output instead, which has the same shape, and the Cast moves to the front so the order stays valid."""
+    nodes = model.graph.node
+    for value in model.graph.input:
+        if value.type.tensor_type.elem_type != onnx.TensorProto.UINT8:
+            continue
+        cast = next((n for n in nodes if n.op_type == "Cast" and value.name in n.input), None)
+        if cast is None:
+            continue
+        for node in nodes:
+            if node.op_type == "Shape" and node.input[0] == value.name:
+                node.input[0] = cast.output[0]
+        moved = onnx.NodeProto()
+        moved.CopyFrom(cast)
+        nodes.remove(cast)
+        nodes.insert(0, moved)
+
+
 def slim(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         import onnxslim

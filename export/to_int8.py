@@ -40,7 +40,7 @@ from deploy.shapes import parse_shape  # noqa: E402
 from distill.checkpoint import sha256_of  # noqa: E402
 from distill.registry import ConfigError  # noqa: E402
 from export.onnx_graph import check_and_infer, graph_precision, save_atomic  # noqa: E402
-from export.parity import ParityReport, add_parity_arguments, gate_artifact  # noqa: E402
+from export.parity import ParityReport, add_parity_arguments, gate_artifact, vouched_range  # noqa: E402
 
 METHODS = ("entropy", "minmax", "percentile")
 TARGETS = ("tensorrt", "onnxruntime-cpu")
@@ -71,6 +71,27 @@ def calibration_inputs(args: argparse.Namespace, info: ArtifactInfo) -> list[np.
     return [fp32.prepare(images).numpy() for images, _ in batches]
 
 
+def float_nodes(model: onnx.ModelProto, depthwise: bool) -> list[str]:
+    """Names of the nodes kept in float: the first convolution (it sees the raw image), the last one
+    (the classifier) and everything downstream of it (the resize of the logits, the argmax), since
+    quantized logits move the argmax wherever two classes are close; with ``depthwise`` also the
+    depthwise convolutions, whose per-tensor activations cost the most agreement on MobileNetV2
+    (docs/deployment.md). Unnamed nodes get names."""
+    for i, node in enumerate(model.graph.node):
+        node.name = node.name or f"{node.op_type}_{i}"
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    if not convs:
+        return []
+    keep, tensors = [convs[0].name, convs[-1].name], set(convs[-1].output)
+    if depthwise:
+        keep += [n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    for node in model.graph.node:  # topological order: one pass finds everything downstream
+        if tensors.intersection(node.input):
+            keep.append(node.name)
+            tensors.update(node.output)
+    return keep
+
+
 def quantize_with_ort(source: Path, output: Path, inputs: list[np.ndarray], input_name: str, method: str, target: str) -> None:
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -96,6 +117,10 @@ def quantize_with_ort(source: Path, output: Path, inputs: list[np.ndarray], inpu
         # ONNX shape inference and graph folding (e.g. BatchNorm into Conv); ORT's symbolic shape inference
         # is for transformers and gives up on some dynamic CNN graphs.
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        graph = onnx.load(str(prepared))
+        # TensorRT picks each float layer's kernel itself; ONNX Runtime's CPU target keeps its fast int8 depthwise
+        excluded = float_nodes(graph, depthwise=symmetric)
+        onnx.save_model(graph, str(prepared))
         quantize_static(
             str(prepared),
             str(output),
@@ -105,7 +130,10 @@ def quantize_with_ort(source: Path, output: Path, inputs: list[np.ndarray], inpu
             weight_type=QuantType.QInt8,
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             calibrate_method=calibrate[method],
-            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+            nodes_to_exclude=excluded,
+            # TensorRT dequantizes only INT8 / FP8 (onnx-tensorrt operators.md) and fuses float biases itself:
+            # no DequantizeLinear on INT32 biases there; ONNX Runtime's CPU kernels fuse the INT32 ones.
+            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": not symmetric},
         )
 
 
@@ -132,6 +160,8 @@ def main(argv: list[str] | None = None) -> ParityReport:
     info = read_artifact_info(source)
     if info.kind != "onnx" or info.precision != "fp32":
         raise ArtifactError(f"--onnx {str(source)!r} is a {info.precision} {info.kind} artifact; INT8 starts from an FP32 ONNX")
+    traced = parse_shape(info.extra["traced_at"], f"{source} sidecar: extra.traced_at")
+    vouched_range(info, traced, args, None)  # a bad --shape-range stops here, not after the calibration
     inputs = calibration_inputs(args, info)
     if not inputs:
         raise ConfigError("--calibration-images: no calibration batch could be formed (is the split empty?)")
@@ -161,7 +191,7 @@ def main(argv: list[str] | None = None) -> ParityReport:
             "calibration": {"dataset": args.data, "split": args.calibration_split or info.data.get("train_split", "train"), "batches": len(inputs)},
         }
     )
-    return gate_artifact(output, info, parse_shape(info.extra["traced_at"], f"{source} sidecar: extra.traced_at"), args)
+    return gate_artifact(output, info, traced, args)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -29,10 +29,10 @@ import onnxscript  # noqa: E402
 import torch  # noqa: E402
 from torch.export import Dim  # noqa: E402
 
-from deploy.shapes import ImageShape  # noqa: E402
+from deploy.shapes import ImageShape, parse_range  # noqa: E402
 from deploy.wrapper import DTYPES, INPUT_NAME, DeployModel, load_deploy_model  # noqa: E402
 from distill.registry import ConfigError  # noqa: E402
-from export.onnx_graph import check_and_infer, name_dynamic_dims, save_atomic, slim  # noqa: E402
+from export.onnx_graph import check_and_infer, name_dynamic_dims, save_atomic, shapes_after_uint8_cast, slim  # noqa: E402
 from export.options import add_model_arguments, export_shape, parse_dynamic, traced_shape  # noqa: E402
 from export.parity import ParityReport, add_parity_arguments, gate_artifact  # noqa: E402
 from export.shape_generic import shape_generic_pooling  # noqa: E402
@@ -85,6 +85,7 @@ def export_onnx(model: DeployModel, shape: ImageShape, dynamic: set[str], path: 
         )
         graph = onnx.load(str(raw))
     name_dynamic_dims(graph, axes)
+    shapes_after_uint8_cast(graph)
     graph = check_and_infer(slim(graph) if use_slim else graph)
     save_atomic(graph, path)
 
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> ParityReport:
     dynamic = parse_dynamic(args.dynamic)
     model, meta = load_deploy_model(args.checkpoint, args.output, args.fold_normalize, args.precision)
     shape = export_shape(args, meta)
+    if args.shape_range:  # a bad range stops here, not after the export
+        parse_range(args.shape_range, shape)
     path = Path(args.out) if args.out else default_path(args)
     print(f"exporting {args.checkpoint} at {shape} (dynamic: {', '.join(sorted(dynamic)) or 'none'}) to {path}")
     export_onnx(model, shape, dynamic, path, args.opset, args.slim)

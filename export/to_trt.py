@@ -10,8 +10,8 @@ Precision comes from the ONNX: the network is strongly typed, so an FP16 / BF16 
 one. Asking for FP16 or BF16 from an FP32 graph uses the builder's FP16 / BF16 flag on a weakly typed
 network, which only TensorRT 10 still has (TensorRT 11 removed those flags and the INT8 calibrators).
 Dynamic dimensions get one optimisation profile: ``--shapes MIN/OPT/MAX`` (N x 3 x H x W each), or by
-default the size the ONNX was exported at (its sidecar's ``traced_at``) with a dynamic batch from 1 to
-``--max-batch`` (8); the profile used is printed. The
+default the shape range the ONNX's parity gate vouched for (its sidecar's ``shape_range``; the export
+size for an older sidecar) with a dynamic batch from 1 to ``--max-batch`` (8); the profile used is printed. The
 timing cache (``--timing-cache``) is read before and written after the build, so rebuilds are fast.
 
 Writes the plan and its sidecar (TensorRT and CUDA versions, GPU name and compute capability, shapes,
@@ -68,13 +68,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def sidecar_profile(info: ArtifactInfo, traced: ImageShape, max_batch: int) -> tuple[ImageShape, ImageShape, ImageShape]:
-    """(min, opt, max) from the sidecar alone: the export shape, with a dynamic batch from 1 to ``max_batch``
-    (the sidecar states no size range, so the engine takes the size the model was exported at)."""
+    """(min, opt, max) from the sidecar alone: the shape range its parity gate vouched for (``shape_range``),
+    else the export shape; a dynamic batch goes from the range's smallest up to ``max_batch``."""
     if max_batch < 1:
         raise ConfigError(f"--max-batch {max_batch}: expected 1 or more")
+    if info.shape_range:
+        low, opt, high = (parse_shape(info.shape_range[k], f"{info.file} sidecar: shape_range.{k}") for k in ("min", "opt", "max"))
+    else:
+        low = opt = high = traced
     if "batch" not in info.dynamic_axes().values():
-        return traced, traced, traced
-    return ImageShape(1, traced.height, traced.width), traced, ImageShape(max(traced.batch, max_batch), traced.height, traced.width)
+        return low, opt, high
+    return ImageShape(1, low.height, low.width), opt, ImageShape(max(high.batch, max_batch), high.height, high.width)
 
 
 def profile_shapes(args: argparse.Namespace, info: ArtifactInfo, traced: ImageShape) -> tuple[ImageShape, ImageShape, ImageShape]:

@@ -36,7 +36,8 @@ def torch_artifacts(student) -> tuple[Path, Path]:
     traced = student / "export" / "model.ts"
     reports = to_torchscript.main(["--checkpoint", str(student), "--dynamic", "height,width", "--formats", "trace,export", *PARITY])
     assert [r.passed for r in reports] == [True, True], "\n".join(r.table() for r in reports)
-    assert all(len({c.shape for c in r.checks if c.inputs.endswith("resized")}) == 2 for r in reports)
+    # the export shape, an odd size and the four corners of the height x width range
+    assert all(len({c.shape for c in r.checks if c.inputs.endswith("resized")}) == 6 for r in reports)
     return traced, traced.with_suffix(".pt2")
 
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from deploy.artifact import ArtifactError, read_artifact_info, sidecar_path
 from deploy.backends import load_predictor
 from deploy.backends.torch_modules import eager_predictor
-from deploy.shapes import ImageShape
+from deploy.shapes import ImageShape, parse_range, parse_shape
 from distill.checkpoint import read_metadata, save_model, sha256_of
 from distill.config import DataConfig, ModelConfig, config_to_dict
 from distill.data.base import DatasetInfo
@@ -110,6 +110,39 @@ def test_dynamic_psp_graph_is_right_at_every_shape(psp_labels_dynamic) -> None:
     assert np.array_equal(artifact.predict(images), reference.predict(images))
 
 
+def test_sidecar_states_the_shape_range_whose_corners_the_gate_checked(psp_labels_dynamic) -> None:
+    _, path, report = psp_labels_dynamic
+    info = read_artifact_info(path)
+    assert info.shape_range == {"min": "1x3x30x42", "opt": f"1x3x{SIZE[0]}x{SIZE[1]}", "max": "2x3x53x74"}
+    corners = {f"{n}x3x{h}x{w}" for n in (1, 2) for h in (30, 53) for w in (42, 74)}
+    checked = {c.shape for c in report.checks}
+    assert corners | {info.shape_range["opt"]} <= checked
+    assert all(c.images >= 8 for c in report.checks if c.inputs == "synthetic/val resized")
+
+
+def test_shape_range_must_hold_the_export_shape() -> None:
+    with pytest.raises(ConfigError, match=r"--shape-range '1x3x48x64/1x3x96x128': each dimension must satisfy MIN <= the export shape 1x3x40x56"):
+        parse_range("1x3x48x64/1x3x96x128", ImageShape(1, *SIZE))
+    assert parse_range("1x3x20x28/4x3x40x56", ImageShape(1, *SIZE)).max == ImageShape(4, *SIZE)
+
+
+def test_bad_shape_range_stops_int8_before_it_quantizes(aspp_logits, capsys) -> None:
+    _, source = aspp_logits
+    out = source.with_name("int8_bad_range.onnx")
+    argv = ["--onnx", str(source), "--shape-range", "1x3x20x28/1x3x30x40", "--out", str(out), *PARITY]
+    assert to_int8.run(argv) == 2
+    assert "--shape-range '1x3x20x28/1x3x30x40': each dimension must satisfy MIN <=" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_uint8_input_is_cast_to_float_before_any_other_node(psp_labels_dynamic) -> None:
+    """TensorRT has no UINT8 Transpose: a uint8 network input may only feed a Cast (onnx-tensorrt operators.md)."""
+    _, path, _ = psp_labels_dynamic
+    graph = onnx.load(str(path)).graph
+    consumers = [n.op_type for n in graph.node if graph.input[0].name in n.input]
+    assert consumers == ["Cast"]
+
+
 def test_sidecar_links_the_artifact_to_its_checkpoint(aspp_logits) -> None:
     checkpoint, path = aspp_logits
     info = read_artifact_info(path)
@@ -117,7 +150,8 @@ def test_sidecar_links_the_artifact_to_its_checkpoint(aspp_logits) -> None:
     assert info.source["weights_sha256"] == read_metadata(checkpoint)["weights_sha256"]
     assert info.input.shape == [1, 3, "height", "width"] and info.output.shape == [1, len(CLASSES), "height", "width"]
     assert info.classes == list(CLASSES) and info.parity["passed"] and info.extra["slim"] and info.versions["onnxslim"]
-    assert len(info.parity["checks"]) == 3 and all(c["max_abs_error"] < 1e-4 for c in info.parity["checks"])
+    # the export shape, an odd size, the four corners of the height x width range, the dataset
+    assert len(info.parity["checks"]) == 7 and all(c["max_abs_error"] < 1e-4 for c in info.parity["checks"])
     predictor = load_predictor(path)
     with pytest.raises(ArtifactError, match="does not fit"):
         predictor.predict(np.zeros((2, 32, 32, 3), np.uint8))
@@ -210,12 +244,20 @@ def test_export_errors_name_the_option(aspp_logits, capsys) -> None:
     assert "quantize it first: python export/to_int8.py" in capsys.readouterr().err
 
 
-def test_trt_profile_defaults_to_the_export_size_from_the_sidecar(psp_labels_dynamic, aspp_logits) -> None:
+def test_trt_profile_defaults_to_the_shape_range_of_the_sidecar(psp_labels_dynamic, aspp_logits) -> None:
     export = ImageShape(1, *SIZE)
     psp = read_artifact_info(psp_labels_dynamic[1])  # batch, height and width dynamic
+    low, high = (parse_shape(psp.shape_range[k], k) for k in ("min", "max"))
+    assert (low.height, high.height) != (SIZE[0], SIZE[0])  # the range is wider than the export size
+    assert to_trt.sidecar_profile(psp, export, max_batch=4) == (
+        ImageShape(1, low.height, low.width), export, ImageShape(4, high.height, high.width)
+    )
+    psp.shape_range = None  # a sidecar from before shape ranges: the export size
     assert to_trt.sidecar_profile(psp, export, max_batch=4) == (export, export, ImageShape(4, *SIZE))
     aspp = read_artifact_info(aspp_logits[1])  # height and width dynamic, batch 1
-    assert to_trt.sidecar_profile(aspp, export, max_batch=4) == (export, export, export)
+    assert to_trt.sidecar_profile(aspp, export, max_batch=4) == tuple(
+        parse_shape(aspp.shape_range[k], k) for k in ("min", "opt", "max")
+    )
     with pytest.raises(ConfigError, match="--max-batch 0"):
         to_trt.sidecar_profile(psp, export, max_batch=0)
 
@@ -228,7 +270,8 @@ def test_trt_checks_shapes_before_needing_tensorrt(psp_labels_dynamic, capsys) -
     assert "MIN <= OPT <= MAX" in capsys.readouterr().err
     assert to_trt.run(["--onnx", str(path)]) == 2  # a dynamic export needs no --shapes: only TensorRT is missing
     out, err = capsys.readouterr()
-    assert f"min 1x3x{SIZE[0]}x{SIZE[1]}, opt 1x3x{SIZE[0]}x{SIZE[1]}, max 8x3x{SIZE[0]}x{SIZE[1]}" in out
+    low, high = (parse_shape(read_artifact_info(path).shape_range[k], k) for k in ("min", "max"))
+    assert f"min 1x3x{low.height}x{low.width}, opt 1x3x{SIZE[0]}x{SIZE[1]}, max 8x3x{high.height}x{high.width}" in out
     assert "TensorRT is not installed" in err and "--shapes" not in err
 
 
