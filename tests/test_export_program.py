@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from deploy.shapes import ImageShape
+from deploy.artifact import read_artifact_info
+from deploy.shapes import ImageShape, ShapeRange, parse_shape
 from deploy.wrapper import DeployModel
 from distill.registry import ConfigError
 from export import to_torchscript
@@ -32,7 +33,11 @@ def test_dynamic_program_for_every_backbone_family(tmp_path: Path, backbone: str
     argv = ["--checkpoint", str(checkpoint), "--dynamic", "batch,height,width", "--formats", "export", *PARITY]
     (report,) = to_torchscript.main(argv)
     assert report.passed, report.table()
-    assert len({c.shape for c in report.checks if c.inputs.endswith("resized")}) == 2
+    # Checked at the export shape and every corner of the range the program's sidecar vouches for.
+    info = read_artifact_info(checkpoint / "export" / "model.pt2")
+    vouched = ShapeRange(*(parse_shape(info.shape_range[k], k) for k in ("min", "opt", "max")))
+    checked = {c.shape for c in report.checks if c.inputs.endswith("resized")}
+    assert {str(s) for s in [vouched.opt, *vouched.corners()]} <= checked and vouched.min != vouched.max
 
 
 class CeilCrop(nn.Module):
