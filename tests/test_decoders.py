@@ -12,9 +12,10 @@ import torch
 
 from distill.checkpoint import load_model
 from distill.config import ModelConfig
-from distill.models import FEATURE_NAMES, build_model
+from distill.models import FEATURE_NAMES, build_model, check_model_config
+from distill.registry import ConfigError
 from distill.train import main
-from tests.conftest import TINY
+from tests.conftest import TINY, run_python
 
 B, K, SIZE = 2, 5, 32
 DECODERS = {"lraspp": 8, "segformer": 4, "fpn": 4, "uper": 4}  # head -> stride of its logits and feature
@@ -65,3 +66,17 @@ def test_cwd_on_head_between_two_different_decoders(tmp_path: Path) -> None:
     assert 0.0 <= result["miou"] <= 1.0
     meta = json.loads((student / "final/model.json").read_text())
     assert meta["losses"] == ["cwd"] and meta["model"]["head"] == "lraspp"
+
+
+def test_unknown_head_names_the_decoders() -> None:
+    with pytest.raises(ConfigError) as info:
+        check_model_config(ModelConfig(backbone="lcnet_050", head="upernet"))
+    assert "model.head" in str(info.value) and all(name in str(info.value) for name in DECODERS)
+
+
+def test_lraspp_on_a_backbone_without_a_stride_8_stage_is_a_config_error(tmp_path: Path) -> None:
+    """A ViT's stages are all at stride 16: one message, exit status 2, no traceback."""
+    result = run_python(["distill/train.py", *TINY, "model.backbone=vit_tiny_patch16_224", "model.output_stride=32", "model.head=lraspp", f"output_dir={tmp_path}"])
+    assert result.returncode == 2, result.stderr
+    assert "error: config key 'model.head': lraspp needs a backbone stage at stride 8" in result.stderr
+    assert "[16, 16, 16, 16]" in result.stderr and "Traceback" not in result.stderr
