@@ -110,6 +110,24 @@ def test_dynamic_psp_graph_is_right_at_every_shape(psp_labels_dynamic) -> None:
     assert np.array_equal(artifact.predict(images), reference.predict(images))
 
 
+@pytest.mark.parametrize("head", ["lraspp", "segformer", "fpn", "uper"])
+def test_dynamic_multi_scale_decoder_is_right_at_every_shape(head: str, tmp_path) -> None:
+    """Dynamic batch, height and width; the gate checks the export shape, an odd size and the corners of
+    the range. UPerNet's pyramid pooling and LR-ASPP's global pooling must not specialise to the export
+    shape: at output stride 8, c4 is 5x7 there, which bins 2, 3 and 6 do not divide (without
+    export/shape_generic.py the UPerNet graph fails at every other shape)."""
+    checkpoint = save_student(tmp_path / head, head, seed=4)
+    out = tmp_path / f"{head}.onnx"
+    report = to_onnx.main(["--checkpoint", str(checkpoint), "--dynamic", "batch,height,width", "--out", str(out), *PARITY])
+    assert report.passed, report.table()
+    shapes = {parse_shape(c.shape) for c in report.checks}
+    assert len(shapes) >= 3 and any(s.height % 2 or s.width % 2 for s in shapes)
+    assert all(c.max_abs_error < 1e-4 for c in report.checks)
+    artifact, reference = load_predictor(out, "ort-cpu"), eager_predictor(checkpoint)
+    images = np.random.default_rng(6).integers(0, 256, size=(3, 77, 45, 3), dtype=np.uint8)
+    assert np.array_equal(artifact.predict(images), reference.predict(images))
+
+
 def test_sidecar_states_the_shape_range_whose_corners_the_gate_checked(psp_labels_dynamic) -> None:
     _, path, report = psp_labels_dynamic
     info = read_artifact_info(path)

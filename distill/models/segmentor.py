@@ -16,8 +16,9 @@ class Segmentor(nn.Module):
         self.backbone, self.head, self.aux_head = backbone, head, aux_head
 
     def forward(self, images: torch.Tensor) -> SegOutput:
-        c1, c2, c3, c4 = self.backbone(images)
-        head_feature, logits = self.head(c4)
+        stages = self.backbone(images)
+        c1, c2, c3, c4 = stages
+        head_feature, logits = self.head(stages if self.head.multi_scale else c4)
         aux_logits = self.aux_head(c3)[1] if self.aux_head is not None else None
         return SegOutput(logits, aux_logits, {"c1": c1, "c2": c2, "c3": c3, "c4": c4, "head": head_feature})
 
