@@ -183,8 +183,14 @@ def commit_state(tmp: Path, progress: dict[str, Any], keep: int) -> Path:
 
 
 def save_state(accelerator: Accelerator, tmp: Path) -> None:
-    with writing(tmp):
-        accelerator.save_state(str(tmp))
+    """``Accelerator.save_state`` into the pending folder; a failed write (full disk) removes that folder."""
+    try:
+        with writing(tmp):
+            accelerator.save_state(str(tmp))
+    except BaseException:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def resume_target(run_dir: str | Path, resume: str | None, processes: int) -> Path | None:
