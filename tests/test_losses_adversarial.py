@@ -25,7 +25,7 @@ from distill.losses.discriminator import SAGANDiscriminator, SelfAttention
 from distill.models import SegOutput
 from distill.registry import ConfigError
 from distill.train import main
-from tests.conftest import ROOT, TINY, run_python, subprocess_env
+from tests.helpers import ROOT, TINY, run_python, subprocess_env
 from tests.test_losses_relational import logged_scalars
 
 NO_CONTEXT = LossContext(torch.zeros(1, 1, 1, dtype=torch.long), 255, 3)

@@ -24,7 +24,7 @@ from distill.losses import LOSSES, LossContext, TaskLoss, build_criterion
 from distill.models import SegOutput
 from distill.registry import ConfigError
 from distill.train import main
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 IGNORE = 255
 

@@ -28,7 +28,7 @@ from distill.models import SegOutput
 from distill.registry import ConfigError
 from distill.tensorboard_scalars import logged_scalars
 from distill.train import main
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 IGNORE = 255
 
