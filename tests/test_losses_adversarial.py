@@ -1,4 +1,4 @@
-"""SKD holistic (adversarial) distillation, LOSSES.md §7.3: the SAGAN discriminator, the student's term,
+"""SKD holistic (adversarial) distillation, docs/loss_math.md §7.3: the SAGAN discriminator, the student's term,
 the WGAN-GP and hinge discriminator losses against independent computations (the gradient penalty by
 finite differences), float64 gradient checks, and the trainer's discriminator step: it trains the
 discriminator with its own optimiser, saves it with the training state, and a run killed and resumed

@@ -1,4 +1,4 @@
-"""KDEP pre-training (LOSSES.md §6): the pooled pre-activation features, the SVD basis, power temperature
+"""KDEP pre-training (docs/loss_math.md §6): the pooled pre-activation features, the SVD basis, power temperature
 scaling and the loss against independent computations; the script on a folder of unlabelled PNGs (a
 stored basis reused, never recomputed; resume); and the round trip: the pre-trained backbone loads as
 ``model.pretrained`` of a student in a segmentation config."""
