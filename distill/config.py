@@ -124,7 +124,7 @@ class ScheduleConfig:
 
 @dataclass
 class DiscriminatorConfig:
-    """The discriminator step of adversarial losses (LOSSES.md §7.3), after each student step.
+    """The discriminator step of adversarial losses (docs/loss_math.md §7.3), after each student step.
 
     Default: Adam(4e-4, betas (0.9, 0.99)), constant rate, as TorchDistiller, IFVD and CIRKD; SKD's
     official script uses SGD 4e-4 (momentum 0.9, wd 5e-4) with the poly schedule."""

@@ -1,4 +1,4 @@
-"""KDEP, knowledge distillation as efficient pre-training (LOSSES.md §6): the pieces of the method.
+"""KDEP, knowledge distillation as efficient pre-training (docs/loss_math.md §6): the pieces of the method.
 
 * :class:`PooledFeature`: a timm classification backbone without its classifier, returning the globally
   average-pooled *pre-activation* last feature. The final activation is replaced by the identity:

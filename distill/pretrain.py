@@ -1,4 +1,4 @@
-"""KDEP pre-training (LOSSES.md §6): a student backbone learns a teacher backbone's pooled features on
+"""KDEP pre-training (docs/loss_math.md §6): a student backbone learns a teacher backbone's pooled features on
 images without labels, and then initialises a student for segmentation.
 
     accelerate launch distill/pretrain.py --config configs/kdep/resnet50-resnet18_imagenet.yaml [key=value ...] [--resume]

@@ -47,7 +47,7 @@ class Thresholds:
 
 SHAPE_IMAGES = 8  # images per shape checked (whole batches): the labels of one image are too few to judge by
 
-# FP32: as stated in the issue; lower precisions are compared with the FP32 PyTorch model.
+# FP32: the gate README.md and docs/deployment.md promise; lower precisions are compared with the FP32 PyTorch model.
 THRESHOLDS = {
     "fp32": Thresholds(0.999, 0.1),
     "fp16": Thresholds(0.995, 0.3),

@@ -1,6 +1,6 @@
 """Affinity distillation on node features already L2-normalised over channels, memory-lean.
 
-* ``pairwise_affinity_mse`` (SKD pair-wise, LOSSES.md §7.2): sum_b sum_{i,j} (x_i.x_j - y_i.y_j)^2.
+* ``pairwise_affinity_mse`` (SKD pair-wise, docs/loss_math.md §7.2): sum_b sum_{i,j} (x_i.x_j - y_i.y_j)^2.
 * ``cross_image_affinity_kl`` (CIRKD mini-batch pixel-to-pixel, §10): for every ordered pair (i, j) of
   images and every row p of A_ij = S_i^T S_j, KL(softmax(A^t_ij[p] / tau) || softmax(A^s_ij[p] / tau)).
 

@@ -1,4 +1,4 @@
-"""Af-DCD omni-contrast (LOSSES.md §4.4) on already-pooled feature maps, memory-lean.
+"""Af-DCD omni-contrast (docs/loss_math.md §4.4) on already-pooled feature maps, memory-lean.
 
 Each P x P patch of a (B, C, H', W') map gives T = P^2 * M tokens of D = C / M channels; token
 k = n * M + m (n: row-major position in the patch, m: channel group). With S_kl = -||g_k - t_l||_1

@@ -2,7 +2,7 @@
 
 Both reduce to rows: KL(softmax(t_row / tau) || softmax(s_row / tau)) for every row of a 3-D view
 (outer, reduced, inner) of the inputs. The functions return SUMS (no tau^2, no mean); the losses
-normalise as LOSSES.md says. Gradients flow to the student only.
+normalise as docs/loss_math.md says. Gradients flow to the student only.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def spatial_softmax_kl(
     *,
     backend: Backend = "auto",
 ) -> torch.Tensor:
-    """CWD (LOSSES.md §2) / HWD (§3) core on (N, C, H, W): per row (n, c) a softmax over the H*W positions
+    """CWD (docs/loss_math.md §2) / HWD (§3) core on (N, C, H, W): per row (n, c) a softmax over the H*W positions
     of x / tau; returns sum_{n,c} weight[n, c] * KL(p_t || p_s) as a scalar (float32; float64 for float64 inputs) (weight (N, C) or None
     for ones; no tau^2)."""
     check_same_shape("spatial_softmax_kl", student, teacher, ndim=4)
@@ -61,7 +61,7 @@ def spatial_softmax_kl(
 def class_softmax_kl(
     student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0, *, backend: Backend = "auto"
 ) -> torch.Tensor:
-    """Pixel KD (LOSSES.md §1) on (N, K, H, W): per pixel a softmax over the K classes of x / tau; returns
+    """Pixel KD (docs/loss_math.md §1) on (N, K, H, W): per pixel a softmax over the K classes of x / tau; returns
     the sum over the N*H*W pixels of KL(q_t || q_s) as a scalar (float32; float64 for float64 inputs) (no tau^2)."""
     check_same_shape("class_softmax_kl", student, teacher, ndim=4)
     check_tau("class_softmax_kl", tau)

@@ -1,5 +1,6 @@
-"""Every preset under configs/ loads, names only registered losses, and (for the distillation presets) builds:
-the student, the teacher of the preset that trains it, and every loss from a dry-run forward of both."""
+"""Every preset under configs/ loads (collecting DISTILLATION_PRESETS loads each; load_config checks loss names
+and the teacher), and each distillation preset builds the student, the teacher of the preset that trains it, and
+every loss from a dry-run forward of both."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import torch
 import yaml
 
 from distill.config import Config, ModelConfig, load_config
-from distill.losses import LOSSES, TaskLoss, build_criterion
+from distill.losses import TaskLoss, build_criterion
 from distill.models import SegOutput, build_model
 from distill.study.space import load_space
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def is_search_space(path: Path) -> bool:
@@ -43,15 +44,6 @@ def load(path: Path) -> Config:
 def test_there_are_presets_for_every_dataset() -> None:
     folders = {p.parent.name for p in PRESETS}
     assert {"demo", "camvid", "cityscapes", "ade20k", "voc", "cocostuff"} <= folders
-
-
-@pytest.mark.parametrize("path", PRESETS, ids=preset_id)
-def test_preset_loads_with_registered_losses(path: Path) -> None:
-    cfg = load(path)
-    for loss in cfg.losses:
-        assert loss.name in LOSSES
-    if cfg.losses:
-        assert cfg.teacher is not None
 
 
 @pytest.mark.skipif(not SHARED_WEIGHTS.is_dir(), reason=f"no local ImageNet weights folder at {SHARED_WEIGHTS}")

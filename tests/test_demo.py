@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import run_python
+from tests.helpers import run_python
 
 
 def test_demo_runs_three_stages_and_writes_the_table(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from distill.config import DataConfig, EvalConfig, parse_dataclass
 from distill.data.loader import eval_loader
 from distill.evaluation import confusion_matrix
 from export import to_torchscript
-from tests.conftest import run_python
+from tests.helpers import run_python
 from tests.test_export import PARITY, SIZE, save_student
 
 

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from distill.checkpoint import state_dirs
 from distill.evaluate import main as evaluate
-from tests.conftest import ROOT, TINY, run_python, subprocess_env
+from tests.helpers import ROOT, TINY, run_python, subprocess_env
 
 
 def launch(port: int, processes: int = 2) -> list[str]:

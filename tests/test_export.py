@@ -29,7 +29,7 @@ from export import to_int8, to_onnx, to_trt
 from export.onnx_graph import graph_precision
 from export.parity import THRESHOLDS, run_parity
 from export.shape_generic import adaptive_avg_pool2d_matmul
-from tests.conftest import run_python
+from tests.helpers import run_python
 
 SIZE = (40, 56)  # synthetic validation scenes, H x W
 PARITY = ["--data", "synthetic", "--parity-images", "3"]

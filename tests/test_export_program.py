@@ -41,7 +41,7 @@ def test_dynamic_program_for_every_backbone_family(tmp_path: Path, backbone: str
 
 
 class CeilCrop(nn.Module):
-    """The failure of the issue in one line: ``math.ceil`` on a symbolic size does not serialize."""
+    """A model torch.export cannot write, in one line: ``math.ceil`` on a symbolic size does not serialize."""
 
     def forward(self, x: torch.Tensor) -> SimpleNamespace:
         return SimpleNamespace(logits=x[..., : math.ceil(x.shape[-1] / 2)])

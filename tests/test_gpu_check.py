@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, run_python
+from tests.helpers import ROOT, run_python
 
 CUDA_STEPS = ["kernel_tests", "kernel_bench", "ort_cuda", "ort_tensorrt", "trt_fp16", "trt_int8"]
 CPU_STEPS = ["train", "export_onnx", "ort_cpu"]

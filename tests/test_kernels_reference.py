@@ -41,7 +41,7 @@ def class_kl_np(s: np.ndarray, t: np.ndarray, tau: float) -> float:
 
 
 def patch_contrast_np(g: np.ndarray, t: np.ndarray, patch: int, groups: int, tau: float) -> float:
-    """Token by token, as LOSSES.md §4.4 states it."""
+    """Token by token, as docs/loss_math.md §4.4 states it."""
     b, c, h, w = g.shape
     d = c // groups
     total = 0.0
@@ -228,7 +228,7 @@ def test_references_pass_float64_gradcheck():
 
 
 def test_gradients_match_the_closed_forms_of_losses_md():
-    # LOSSES.md §2: d/ds sum KL = (1/tau) (softmax(s/tau) - softmax(t/tau)) per row.
+    # docs/loss_math.md §2: d/ds sum KL = (1/tau) (softmax(s/tau) - softmax(t/tau)) per row.
     s = torch.randn(2, 3, 4, 5, requires_grad=True)
     t = torch.randn(2, 3, 4, 5)
     tau = 3.0

@@ -1,4 +1,4 @@
-"""SKD holistic (adversarial) distillation, LOSSES.md §7.3: the SAGAN discriminator, the student's term,
+"""SKD holistic (adversarial) distillation, docs/loss_math.md §7.3: the SAGAN discriminator, the student's term,
 the WGAN-GP and hinge discriminator losses against independent computations (the gradient penalty by
 finite differences), float64 gradient checks, and the trainer's discriminator step: it trains the
 discriminator with its own optimiser, saves it with the training state, and a run killed and resumed
@@ -25,7 +25,7 @@ from distill.losses.discriminator import SAGANDiscriminator, SelfAttention
 from distill.models import SegOutput
 from distill.registry import ConfigError
 from distill.train import main
-from tests.conftest import ROOT, TINY, run_python, subprocess_env
+from tests.helpers import ROOT, TINY, run_python, subprocess_env
 from tests.test_losses_relational import logged_scalars
 
 NO_CONTEXT = LossContext(torch.zeros(1, 1, 1, dtype=torch.long), 255, 3)

@@ -1,4 +1,4 @@
-"""Pixel-wise KD (LOSSES.md §1) against an independent computation, the task loss, and the criterion that
+"""Pixel-wise KD (docs/loss_math.md §1) against an independent computation, the task loss, and the criterion that
 binds losses to named tensors.
 
 Pixel KD sums its KLs through ``kernels.class_softmax_kl`` (float32 for float32 inputs, float64 for float64)."""
@@ -38,7 +38,7 @@ def softmax_np(z: np.ndarray) -> np.ndarray:
 
 
 def reference_pixel_kd(student: np.ndarray, teacher: np.ndarray, tau: float, normalization: str) -> float:
-    """LOSSES.md §1, written out pixel by pixel (float64)."""
+    """docs/loss_math.md §1, written out pixel by pixel (float64)."""
     b, k, h, w = teacher.shape
     kls = []
     for n in range(b):

@@ -1,4 +1,4 @@
-"""Feature losses of LOSSES.md against independent float64 loops written from the formulas: naive feature
+"""Feature losses of docs/loss_math.md against independent float64 loops written from the formulas: naive feature
 distillation and its magnitude term (§5.1), LAD / CAD (§5.2), MGD (§9) and Af-DCD (§4); gradients,
 invariances, the Af-DCD positive / negative / excluded sets on a tiny case, finite values on odd sizes,
 build-time errors, and one short run per loss through the real trainer.
@@ -24,7 +24,7 @@ from distill.losses import LOSSES, LossContext, TaskLoss, build_criterion
 from distill.models import SegOutput
 from distill.registry import ConfigError
 from distill.train import main
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 IGNORE = 255
 
@@ -65,7 +65,7 @@ def value(loss, student: torch.Tensor, teacher: torch.Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------
-# FitNets and magnitude (LOSSES.md §5.1)
+# FitNets and magnitude (docs/loss_math.md §5.1)
 
 
 def reference_feature_terms(s: np.ndarray, t: np.ndarray) -> tuple[float, float, float]:
@@ -92,7 +92,7 @@ def test_fitnet_and_magnitude_match_the_decomposition(shapes) -> None:
     naive, mag, ang = reference_feature_terms(s, teacher.numpy())
     assert value(fitnet, student, teacher) == pytest.approx(naive, rel=1e-12)
     assert value(magnitude, student, teacher) == pytest.approx(mag, rel=1e-12)
-    assert naive == pytest.approx(mag + ang, rel=1e-12)  # LOSSES.md §5.1: L_naive = magnitude + angular
+    assert naive == pytest.approx(mag + ang, rel=1e-12)  # docs/loss_math.md §5.1: L_naive = magnitude + angular
 
 
 def test_fitnet_hand_checkable_value() -> None:
@@ -117,7 +117,7 @@ def test_fitnet_and_magnitude_gradcheck_and_zero_at_teacher() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# LAD / CAD (LOSSES.md §5.2, reconstructed)
+# LAD / CAD (docs/loss_math.md §5.2, reconstructed)
 
 
 def cosine(x: list[float], y: list[float]) -> float:
@@ -170,7 +170,7 @@ def test_lad_and_cad_zero_at_teacher_gradient_and_gradcheck() -> None:
         loss = build(name, student.shape, teacher.shape)
         assert abs(value(loss, 3.0 * teacher, teacher)) < 1e-12  # same direction, any length: zero
         assert torch.autograd.gradcheck(lambda s, loss=loss: loss(s, teacher, context(2)), (student.clone().requires_grad_(True),))
-    # LOSSES.md §5.2: d(1 - cos)/dx = -(1/|x|)(y_hat - cos x_hat), here for one sample
+    # docs/loss_math.md §5.2: d(1 - cos)/dx = -(1/|x|)(y_hat - cos x_hat), here for one sample
     x = student[:1].clone().requires_grad_(True)
     build("lad", x.shape, x.shape)(x, teacher[:1], context(1)).backward()
     xv, yv = student[:1].flatten(), teacher[:1].flatten()
@@ -189,7 +189,7 @@ def test_angular_zero_map_is_finite() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# MGD (LOSSES.md §9)
+# MGD (docs/loss_math.md §9)
 
 
 def reference_mask(seed: int, b: int, h: int, w: int, ratio: float) -> np.ndarray:
@@ -256,7 +256,7 @@ def test_mgd_gradcheck_through_generator() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Af-DCD (LOSSES.md §4)
+# Af-DCD (docs/loss_math.md §4)
 
 
 def tokens_np(x: np.ndarray, patch: int, groups: int) -> dict[tuple[int, int, int, int, int], np.ndarray]:
@@ -275,7 +275,7 @@ def tokens_np(x: np.ndarray, patch: int, groups: int) -> dict[tuple[int, int, in
 
 
 def reference_contrast(g: np.ndarray, t: np.ndarray, patch: int, groups: int, tau: float) -> float:
-    """LOSSES.md §4.4 from its prose: for anchor (n, m) the positive is teacher (n, m), the negatives every
+    """docs/loss_math.md §4.4 from its prose: for anchor (n, m) the positive is teacher (n, m), the negatives every
     teacher token of the patch with another group; sum of InfoNCE over anchors / (B * H' * W')."""
     gt, tt = tokens_np(g, patch, groups), tokens_np(t, patch, groups)
     total = 0.0

@@ -1,9 +1,9 @@
-"""Logit losses of LOSSES.md against independent float64 loops written from the formulas: CWD (§2, on
+"""Logit losses of docs/loss_math.md against independent float64 loops written from the formulas: CWD (§2, on
 logits and on features with its adapter), HWD (§3) and DIST (§11); gradients, invariances, finite values
 on odd sizes, build-time errors, and one short run per loss through the real trainer.
 
 CWD and HWD run through ``kernels.spatial_softmax_kl``, which keeps float64 inputs in float64: every loss is
-gradchecked in float64 at full precision (the exact analytic gradient of LOSSES.md is checked too).
+gradchecked in float64 at full precision (the exact analytic gradient of docs/loss_math.md is checked too).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from distill.losses import LOSSES, LossContext, TaskLoss, build_criterion
 from distill.models import SegOutput
 from distill.registry import ConfigError
 from distill.train import main
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 IGNORE = 255
 
@@ -54,7 +54,7 @@ def kl_np(p: np.ndarray, q: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------
-# CWD (LOSSES.md §2)
+# CWD (docs/loss_math.md §2)
 
 
 def reference_channel_kls(student: np.ndarray, teacher: np.ndarray, tau: float) -> np.ndarray:
@@ -159,7 +159,7 @@ def test_cwd_resizes_the_student_to_the_teacher() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# HWD (LOSSES.md §3)
+# HWD (docs/loss_math.md §3)
 
 
 def legacy_nearest(labels: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -305,7 +305,7 @@ def test_hwd_refuses_what_it_cannot_weigh() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# DIST (LOSSES.md §11)
+# DIST (docs/loss_math.md §11)
 
 
 def pearson_np(a: list[float], b: list[float]) -> float:

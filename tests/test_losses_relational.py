@@ -1,4 +1,4 @@
-"""Relational losses of LOSSES.md against independent float64 loops written from the formulas: SKD
+"""Relational losses of docs/loss_math.md against independent float64 loops written from the formulas: SKD
 pair-wise with both node granularities (§7.2), IFVD (§8), CIRKD mini-batch and memory (§10); gradients,
 invariances, the memory queues (FIFO rule, all-gather over two processes), finite values on odd sizes,
 build-time errors, and one short run per loss through the real trainer.
@@ -28,7 +28,7 @@ from distill.models import SegOutput
 from distill.registry import ConfigError
 from distill.tensorboard_scalars import logged_scalars
 from distill.train import main
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 IGNORE = 255
 

@@ -1,4 +1,4 @@
-"""KDEP pre-training (LOSSES.md §6): the pooled pre-activation features, the SVD basis, power temperature
+"""KDEP pre-training (docs/loss_math.md §6): the pooled pre-activation features, the SVD basis, power temperature
 scaling and the loss against independent computations; the script on a folder of unlabelled PNGs (a
 stored basis reused, never recomputed; resume); and the round trip: the pre-trained backbone loads as
 ``model.pretrained`` of a student in a segmentation config."""
@@ -24,7 +24,7 @@ from distill.pretrain import load_pretrain_config
 from distill.pretrain import main as pretrain
 from distill.registry import ConfigError
 from distill.train import main as train
-from tests.conftest import ROOT, TINY
+from tests.helpers import ROOT, TINY
 
 TEACHER = "teacher={name: resnet10t, kwargs: {channels: [8, 16, 32, 48]}}"  # 48-d features
 STUDENT_KWARGS = {"channels": [8, 8, 16, 16]}  # 16-d features

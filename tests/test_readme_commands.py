@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from deploy.artifact import read_artifact_info
-from tests.conftest import ROOT, TINY, subprocess_env
+from tests.helpers import ROOT, TINY, subprocess_env
 
 SIZE = (36, 48)  # H x W of the tiny CamVid images
 SCRIPTS = ["export/to_onnx.py", "export/to_torchscript.py", "export/to_int8.py", "export/to_trt.py", "deploy/benchmark.py"]

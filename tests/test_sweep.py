@@ -20,7 +20,7 @@ from distill.study.space import check_against_config, load_space, parse_space
 from distill.study.storage import load_study, open_storage, read_study_file
 from distill.study.worker import build_sampler, duplicate_of
 from distill.sweep import parse_args, start
-from tests.conftest import ROOT, TINY, run_python, subprocess_env
+from tests.helpers import ROOT, TINY, run_python, subprocess_env
 
 SPACE = """\
 sampler: grid

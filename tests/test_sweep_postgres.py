@@ -23,7 +23,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import ROOT, run_python, subprocess_env
+from tests.helpers import ROOT, run_python, subprocess_env
 from tests.test_sweep import RUN, SPACE
 
 NAME = "grid"  # the study's name in either storage: the reports name it

@@ -22,7 +22,7 @@ from distill.data.synthetic import CLASSES
 from distill.evaluate import main as evaluate
 from distill.registry import ConfigError
 from distill.train import NonFiniteLoss, main
-from tests.conftest import ROOT, TINY, run_python, subprocess_env
+from tests.helpers import ROOT, TINY, run_python, subprocess_env
 
 
 def test_supervised_run_writes_every_output(tiny_teacher: Path) -> None:

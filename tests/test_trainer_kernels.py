@@ -28,7 +28,7 @@ import kernels.softmax_kl_triton
 from distill.registry import ConfigError
 from distill.tensorboard_scalars import logged_scalars
 from distill.train import main
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 STEPS = 2
 TOLERANCE = 1e-3

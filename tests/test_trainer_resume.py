@@ -22,7 +22,7 @@ from distill.checkpoint import CheckpointError, state_dirs
 from distill.data import DatasetError
 from distill.registry import ConfigError
 from distill.train import NonFiniteLoss, main, parse_args
-from tests.conftest import ROOT, TINY, run_python, subprocess_env
+from tests.helpers import ROOT, TINY, run_python, subprocess_env
 from tests.test_datasets import make_camvid
 
 

@@ -10,7 +10,7 @@ from distill.losses import LossContext, TaskLoss, build_criterion
 from distill.models import build_model
 from distill.train import Objective
 from distill.unreached import freeze_unreached
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 
 def tiny_objective(aux_weight: float) -> tuple[Objective, torch.Tensor, LossContext]:

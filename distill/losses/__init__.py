@@ -1,4 +1,4 @@
-"""Losses: the task loss and the registry of distillation losses (LOSSES.md)."""
+"""Losses: the task loss and the registry of distillation losses (docs/loss_math.md)."""
 
 # importing a loss module registers its losses
 from distill.losses import (  # noqa: F401

@@ -1,4 +1,4 @@
-"""Af-DCD, augmentation-free dense contrastive distillation (LOSSES.md §4): masked reconstruction plus
+"""Af-DCD, augmentation-free dense contrastive distillation (docs/loss_math.md §4): masked reconstruction plus
 omni-contrast, both from one masked generator (official ``OmniContrastiveFeatureLoss``, OSVAI/Af-DCD).
 
     G     = generation(align(F^s) * M)       the MGD generator of mgd.py (random mask, ratio zeta = 0.75)

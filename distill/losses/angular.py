@@ -1,4 +1,4 @@
-"""Angular distillation, LAD and CAD (LOSSES.md §5.2, "Rethinking KD with Raw Features").
+"""Angular distillation, LAD and CAD (docs/loss_math.md §5.2, "Rethinking KD with Raw Features").
 
 RECONSTRUCTED: no official code exists and the paper's text was not available; the definitions below are
 inferred from the decomposition of naive feature distillation (feature.py) and the method names. They drop the

@@ -1,10 +1,10 @@
-"""The contract every distillation loss follows (DESIGN.md, "Losses").
+"""The contract every distillation loss follows (docs/architecture.md §4.3).
 
 A loss is an ``nn.Module`` registered by name, with a dataclass of hyper-parameters (``Params``) and a
 default binding of its two inputs to named tensors of the student's and the teacher's
 :class:`SegOutput` (``logits``, ``aux_logits``, ``c1``..``c4``, ``head``). It is built after one dry-run
 forward, from the shapes of the tensors it is bound to, so adapters between different channel counts
-are sized automatically. It returns a scalar with the normalisation stated in LOSSES.md, so a
+are sized automatically. It returns a scalar with the normalisation stated in docs/loss_math.md, so a
 published loss weight keeps its meaning.
 """
 
@@ -28,7 +28,7 @@ class LossContext:
 
     def labels_at(self, size: torch.Size) -> torch.Tensor:
         """The labels resized to ``size`` with PyTorch's legacy ``nearest`` mode (the top-left pixel of each
-        cell), as every official loss that reads labels at a feature's size does (LOSSES.md §13)."""
+        cell), as every official loss that reads labels at a feature's size does (docs/loss_math.md §14)."""
         return F.interpolate(self.labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
 
 
@@ -57,7 +57,7 @@ class DistillLoss(nn.Module):
 
 
 class AdversarialLoss(DistillLoss):
-    """A loss played against a discriminator (LOSSES.md §7.3).
+    """A loss played against a discriminator (docs/loss_math.md §7.3).
 
     ``forward`` is the student's (generator's) term: it reads the discriminator without training it.
     ``discriminator_loss`` is what the discriminator minimises; the trainer calls it (through

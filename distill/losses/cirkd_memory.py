@@ -1,4 +1,4 @@
-"""CIRKD memory-based pixel-to-pixel and pixel-to-region distillation (LOSSES.md §10; official
+"""CIRKD memory-based pixel-to-pixel and pixel-to-region distillation (docs/loss_math.md §10; official
 ``cirkd_memory.py``, ``StudentSegContrast``).
 
 The teacher's normalised pixel embeddings fill two per-class FIFO queues, shared by the whole run:

@@ -1,4 +1,4 @@
-"""CIRKD mini-batch pixel-to-pixel distillation (LOSSES.md §10; official ``cirkd_mini_batch.py``, v1).
+"""CIRKD mini-batch pixel-to-pixel distillation (docs/loss_math.md §10; official ``cirkd_mini_batch.py``, v1).
 
 Pixel features are L2-normalised over channels in each network (S_i: image i's (C, HW) map); for every
 ordered pair (i, j) of images in the per-process batch, i == j included, the cross-image affinity

@@ -30,7 +30,7 @@ def match_size(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 def resize_labels(labels: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
     """(B, H, W) labels at ``size`` with PyTorch's legacy ``nearest`` mode, ``lab[floor(i*H/h), floor(j*W/w)]``,
-    as every official loss that reads labels does (LOSSES.md, last section)."""
+    as every official loss that reads labels does (docs/loss_math.md §14)."""
     if labels.shape[-2:] == tuple(size):
         return labels
     resized = F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")

@@ -1,4 +1,4 @@
-"""CWD, channel-wise distillation (LOSSES.md §2), on logits or on features.
+"""CWD, channel-wise distillation (docs/loss_math.md §2), on logits or on features.
 
 Each channel map of each sample is softmax-normalised over its H*W positions, and
 
@@ -12,7 +12,7 @@ On features with different channel counts, the student passes through a learnabl
 dry-run shapes: ``conv_bn_relu`` (TorchDistiller: Conv1x1 without bias -> BN -> ReLU, default) or ``conv`` (the
 CIRKD re-implementation: Conv1x1 without bias). C is the teacher's channel count (after the adapter, as in
 TorchDistiller); ``normalization: student_channels`` reproduces the CIRKD re-implementation, which divides by
-N * C_s, the student's count read before the adapter (LOSSES.md, last section). The student map is resized
+N * C_s, the student's count read before the adapter (docs/loss_math.md §14). The student map is resized
 bilinearly to the teacher's spatial size.
 """
 

@@ -1,4 +1,4 @@
-"""The SAGAN-style discriminator of SKD's holistic distillation (LOSSES.md §7.3; official
+"""The SAGAN-style discriminator of SKD's holistic distillation (docs/loss_math.md §7.3; official
 ``networks/sagan_models.py``): it scores a map of class logits, higher meaning "looks like the teacher".
 
     BatchNorm2d(K)                                  (preprocess mode 1 of the official code)

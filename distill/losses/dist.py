@@ -1,4 +1,4 @@
-"""DIST, KD from a stronger teacher (LOSSES.md §11): Pearson correlation between class distributions.
+"""DIST, KD from a stronger teacher (docs/loss_math.md §11): Pearson correlation between class distributions.
 
 The logits become rows Y in R^{P x K} (P = B*h*w pixels), Y = softmax(z / tau) over the K classes, and
 

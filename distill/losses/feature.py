@@ -1,4 +1,4 @@
-"""Naive feature distillation and its magnitude term (LOSSES.md §5.1, "Rethinking KD with Raw Features").
+"""Naive feature distillation and its magnitude term (docs/loss_math.md §5.1, "Rethinking KD with Raw Features").
 
 Per sample, with F^s the (adapted) student map and F^t the teacher map, both of N = C*H*W values, and
 n = ||F^s||_2, m = ||F^t||_2, theta the angle between them:
@@ -48,7 +48,7 @@ class AdaptedFeatureLoss(DistillLoss):
 
 @LOSSES.register("fitnet")
 class FitNet(AdaptedFeatureLoss):
-    """FitNets: mean squared error over C*H*W per sample, mean over the batch (LOSSES.md §5.1)."""
+    """FitNets: mean squared error over C*H*W per sample, mean over the batch (docs/loss_math.md §5.1)."""
 
     def compare(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return (student - teacher).pow(2).mean()
@@ -56,7 +56,7 @@ class FitNet(AdaptedFeatureLoss):
 
 @LOSSES.register("magnitude")
 class MagnitudeDistillation(AdaptedFeatureLoss):
-    """Magnitude-only distillation, the (m - n)^2 / N term of LOSSES.md §5.1, mean over the batch."""
+    """Magnitude-only distillation, the (m - n)^2 / N term of docs/loss_math.md §5.1, mean over the batch."""
 
     def compare(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         n, m = student.flatten(1).norm(dim=1), teacher.flatten(1).norm(dim=1)

@@ -1,4 +1,4 @@
-"""HWD, holistic weighted distillation (LOSSES.md §3): CWD on logits with a detached weight per (sample, class).
+"""HWD, holistic weighted distillation (docs/loss_math.md §3): CWD on logits with a detached weight per (sample, class).
 
     L_HWD = tau^2 / (N * C) * sum_{n, c} w_{n,c} * KL( softmax_HW(z^T_{n,c} / tau) || softmax_HW(z^S_{n,c} / tau) )
 
@@ -20,7 +20,7 @@ The weights come from the student-teacher discrepancy of each channel, without g
 Defaults are the README's Cityscapes command (``--activation --L MSE --process E --parameter 0.1 --shift 1.0
 --DivPixel None``): ``shift`` is mu (Cityscapes 1, ADE20K 0, COCO-Stuff 0.1) and ``beta`` the "parameter" (0.1).
 The activation flag defaults to False in the official argparse but is set in the README command; we assume
-the paper used it (LOSSES.md §3.3). The official loss factor 3.0 is the config weight, outside the loss.
+the paper used it (docs/loss_math.md §3.3). The official loss factor 3.0 is the config weight, outside the loss.
 The spatial-softmax KL runs through ``kernels.spatial_softmax_kl``.
 """
 

@@ -1,4 +1,4 @@
-"""IFVD, intra-class feature variation distillation (LOSSES.md §8; official ``CriterionIFV``).
+"""IFVD, intra-class feature variation distillation (docs/loss_math.md §8; official ``CriterionIFV``).
 
 Each network's feature map f (B, C, H, W) is compared with its own per-image class prototypes, so the
 channel counts of student and teacher may differ (no adapter):

@@ -1,4 +1,4 @@
-"""MGD, masked generative distillation (LOSSES.md §9), and the masked generator Af-DCD reuses (§4.2-4.3).
+"""MGD, masked generative distillation (docs/loss_math.md §9), and the masked generator Af-DCD reuses (§4.2-4.3).
 
     A = align(F^s)                          Conv1x1(C_s -> C_t, bias) only when C_s != C_t
     M[b, 1, h, w] = 0 if U[b, h, w] > 1 - ratio else 1,  U ~ Uniform[0, 1)   shared over channels, redrawn every step

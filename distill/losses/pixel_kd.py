@@ -1,4 +1,4 @@
-"""Pixel-wise KD with temperature (LOSSES.md §1): Hinton KD applied at every pixel of the logits.
+"""Pixel-wise KD with temperature (docs/loss_math.md §1): Hinton KD applied at every pixel of the logits.
 
     q^t_p = softmax(z^t_p / tau),  q^s_p = softmax(z^s_p / tau)      (over the K classes)
     loss  = tau^2 * KL(q^t_p || q^s_p), reduced over pixels as chosen by ``normalization``.

@@ -1,4 +1,4 @@
-"""SKD holistic (adversarial) distillation (LOSSES.md §7.3): a discriminator D learns to tell the
+"""SKD holistic (adversarial) distillation (docs/loss_math.md §7.3): a discriminator D learns to tell the
 teacher's logits from the student's; the student learns to make D score its logits like the teacher's.
 
 Student (generator) term, this loss's value; the config ``weight`` is lambda_adv (SKD's script reuses

@@ -1,4 +1,4 @@
-"""SKD pair-wise (affinity) distillation (LOSSES.md §7.2; official ``CriterionPairWiseforWholeFeatAfterPool``).
+"""SKD pair-wise (affinity) distillation (docs/loss_math.md §7.2; official ``CriterionPairWiseforWholeFeatAfterPool``).
 
 Each network's feature map is max-pooled into N' "nodes"; the affinity of two nodes is the cosine of
 their feature vectors (within one network, so channel counts may differ: no adapter); the student's
