@@ -15,7 +15,7 @@ from distill.config import ModelConfig
 from distill.models import FEATURE_NAMES, build_model, check_model_config
 from distill.registry import ConfigError
 from distill.train import main
-from tests.conftest import TINY, run_python
+from tests.helpers import TINY, run_python
 
 B, K, SIZE = 2, 5, 32
 DECODERS = {"lraspp": 8, "segformer": 4, "fpn": 4, "uper": 4}  # head -> stride of its logits and feature
