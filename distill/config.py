@@ -64,7 +64,8 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "resnet18"
     head: str = "aspp"
-    output_stride: Literal[8, 16, 32] = 8
+    # null: 8 where the backbone can dilate, else its native 32; 8 or 16 on a model that cannot dilate is an error.
+    output_stride: Literal[8, 16, 32] | None = None
     # None: random init; "hub": ImageNet weights from timm or torchvision (downloads); else a local file.
     pretrained: str | None = None
     # Extra keyword arguments for timm.create_model, e.g. {channels: [32, 64, 128, 256]} for a thin ResNet.

@@ -30,7 +30,7 @@ def build_model(cfg, num_classes: int) -> nn.Module:
     if cfg.torchvision_model is not None:
         return TorchvisionSegmentor(cfg.torchvision_model, num_classes, hub_weights=cfg.pretrained == "hub", aux=cfg.aux_head)
     backbone = build_backbone(cfg.backbone, cfg.output_stride, cfg.pretrained, cfg.backbone_kwargs)
-    head = build_head(cfg.head, backbone.channels, backbone.strides, cfg.head_channels, num_classes, cfg.dropout, cfg.output_stride, cfg.head_kwargs)
+    head = build_head(cfg.head, backbone.channels, backbone.strides, cfg.head_channels, num_classes, cfg.dropout, backbone.strides[-1], cfg.head_kwargs)
     aux = aux_fcn_head(backbone.channels[-2], cfg.head_channels, num_classes, cfg.dropout) if cfg.aux_head else None
     return Segmentor(backbone, head, aux)
 
