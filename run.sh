@@ -28,7 +28,7 @@ command="${1:-}"
 shift || true
 case "$command" in
     setup) setup ;;
-    demo) setup; exec "$VENV/bin/python" -m distill.demo "$@" ;;
+    demo) setup; exec "$VENV/bin/python" -m segdistill.demo "$@" ;;
     test) setup; exec "$VENV/bin/python" -m pytest "$@" ;;
     python) setup; exec "$VENV/bin/python" "$@" ;;
     *) echo "usage: ./run.sh demo | test [pytest args] | setup | python ARGS" >&2; exit 2 ;;

@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from distill.config import ModelConfig
-from distill.models import build_model, count_parameters
+from segdistill.config import ModelConfig
+from segdistill.models import build_model, count_parameters
 
 BACKBONES = (
     "resnet18", "mobilenetv2_100", "mobilenetv3_large_100", "mobilenetv4_conv_small", "efficientvit_b0",

@@ -2,7 +2,7 @@
 
     python benchmarks/demo_time.py [--output /tmp/demo-bench]
 
-Runs ``python -m distill.demo`` in a fresh output folder and prints a table: total wall time, peak
+Runs ``python -m segdistill.demo`` in a fresh output folder and prints a table: total wall time, peak
 resident memory of the largest process, and the demo's own summary.
 """
 
@@ -27,7 +27,7 @@ def main() -> None:
     if out.exists() and any(out.iterdir()):
         sys.exit(f"{out} is not empty; give an empty or new folder")
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "distill.demo", "--output", str(out)], check=True)
+    subprocess.run([sys.executable, "-m", "segdistill.demo", "--output", str(out)], check=True)
     wall = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     summary = json.loads((out / "summary.json").read_text())

@@ -14,13 +14,13 @@ import time
 
 import torch
 
-from distill.config import load_config
-from distill.data import build_dataset
-from distill.data.loader import DataPosition, train_loader
-from distill.losses import LossContext, TaskLoss, build_criterion
-from distill.models import build_model
-from distill.teacher import freeze
-from distill.train import Objective, dry_run
+from segdistill.config import load_config
+from segdistill.data import build_dataset
+from segdistill.data.loader import DataPosition, train_loader
+from segdistill.losses import LossContext, TaskLoss, build_criterion
+from segdistill.models import build_model
+from segdistill.teacher import freeze
+from segdistill.train import Objective, dry_run
 
 
 def main() -> None:

@@ -14,12 +14,12 @@ import argparse
 
 import torch
 
-from distill.config import load_config
-from distill.data import build_dataset
-from distill.data.loader import DataPosition, train_loader
-from distill.losses import LossContext, TaskLoss, build_criterion
-from distill.models import build_model
-from distill.teacher import build_teacher
+from segdistill.config import load_config
+from segdistill.data import build_dataset
+from segdistill.data.loader import DataPosition, train_loader
+from segdistill.losses import LossContext, TaskLoss, build_criterion
+from segdistill.models import build_model
+from segdistill.teacher import build_teacher
 
 
 def weighted_terms(path: str, overrides: list[str], seed: int) -> dict[str, float]:

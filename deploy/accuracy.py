@@ -13,13 +13,13 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from deploy.artifact import ArtifactError, ArtifactInfo
-from deploy.predictor import Predictor
-from deploy.shapes import ImageShape
-from distill.config import DataConfig, parse_dataclass
-from distill.data import build_dataset
-from distill.metrics import ConfusionMatrix, SegMetrics
-from distill.registry import ConfigError
+from segdistill.config import DataConfig, parse_dataclass
+from segdistill.data import build_dataset
+from segdistill.deploy.artifact import ArtifactError, ArtifactInfo
+from segdistill.deploy.predictor import Predictor
+from segdistill.deploy.shapes import ImageShape
+from segdistill.metrics import ConfusionMatrix, SegMetrics
+from segdistill.registry import ConfigError
 
 
 def open_dataset(spec: str | None, data_settings: dict[str, Any], split: str | None = None) -> Dataset:

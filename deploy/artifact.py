@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distill.atomic_files import atomic_write_text
-from distill.checkpoint import sha256_of
-from distill.registry import ConfigError
+from segdistill.atomic_files import atomic_write_text
+from segdistill.checkpoint import sha256_of
+from segdistill.registry import ConfigError
 
 FORMAT = "segdistill-artifact/1"
 

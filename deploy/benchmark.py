@@ -29,21 +29,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-if __name__ == "__main__" and not __package__:  # run as a file: import from the repository, not deploy/
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from deploy.accuracy import default_shape, evaluate, open_dataset  # noqa: E402
-from deploy.backends import BACKEND_NAMES, load_predictor  # noqa: E402
-from deploy.environment import environment  # noqa: E402
-from deploy.latency import LatencyStats, time_calls  # noqa: E402
-from deploy.predictor import Predictor  # noqa: E402
-from deploy.report import write_report  # noqa: E402
-from deploy.shapes import ImageShape, parse_shape  # noqa: E402
-from distill.atomic_files import writing  # noqa: E402
-from distill.registry import ConfigError  # noqa: E402
+from segdistill.atomic_files import writing
+from segdistill.deploy.accuracy import default_shape, evaluate, open_dataset
+from segdistill.deploy.backends import BACKEND_NAMES, load_predictor
+from segdistill.deploy.environment import environment
+from segdistill.deploy.latency import LatencyStats, time_calls
+from segdistill.deploy.predictor import Predictor
+from segdistill.deploy.report import write_report
+from segdistill.deploy.shapes import ImageShape, parse_shape
+from segdistill.registry import ConfigError
 
 MIN_ITERATIONS = 200
 REWARM = 3  # untimed calls at the start of each later round, after the other artifacts ran

@@ -40,5 +40,5 @@ if [ -n "${PRECISION:-}" ]; then build+=(--precision "$PRECISION"); fi
 if [ -n "${SHAPES:-}" ]; then build+=(--shapes "$SHAPES"); fi
 if [ -n "${DATA:-}" ]; then build+=(--data "$DATA"); bench+=(--data "$DATA"); fi
 
-python3 -m export.to_trt "${build[@]}"
-exec python3 -m deploy.benchmark "${bench[@]}" "$@"
+python3 -m segdistill.export.to_trt "${build[@]}"
+exec python3 -m segdistill.deploy.benchmark "${bench[@]}" "$@"

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from deploy.artifact import ArtifactError, ArtifactInfo
-from deploy.shapes import ImageShape, accepts
+from segdistill.deploy.artifact import ArtifactError, ArtifactInfo
+from segdistill.deploy.shapes import ImageShape, accepts
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "uint8": torch.uint8, "int32": torch.int32}
 

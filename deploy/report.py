@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from distill.atomic_files import atomic_write_text  # noqa: E402
+from segdistill.atomic_files import atomic_write_text  # noqa: E402
 
 
 def ratio(baseline: float, value: float) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from distill.registry import ConfigError
+from segdistill.registry import ConfigError
 
 
 @dataclass(frozen=True)

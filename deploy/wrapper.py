@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deploy.artifact import ArtifactInfo, TensorSpec
-from distill.checkpoint import load_model, resolve_model_path, sha256_of
-from distill.config import IMAGENET_MEAN, IMAGENET_STD
+from segdistill.checkpoint import load_model, resolve_model_path, sha256_of
+from segdistill.config import IMAGENET_MEAN, IMAGENET_STD
+from segdistill.deploy.artifact import ArtifactInfo, TensorSpec
 
 OUTPUT_KINDS = ("logits", "labels")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

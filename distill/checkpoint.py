@@ -28,11 +28,11 @@ from accelerate.utils import load as accelerate_load
 from safetensors.torch import save_file
 from torch import nn
 
-from distill.atomic_files import atomic_write, atomic_write_text, current_umask, writing
-from distill.config import ModelConfig, config_to_dict, parse_dataclass
-from distill.models import build_model
-from distill.registry import ConfigError
-from distill.safe_load import LOAD_ERRORS, UnreadableTensors, load_tensors, refusal_reason
+from segdistill.atomic_files import atomic_write, atomic_write_text, current_umask, writing
+from segdistill.config import ModelConfig, config_to_dict, parse_dataclass
+from segdistill.models import build_model
+from segdistill.registry import ConfigError
+from segdistill.safe_load import LOAD_ERRORS, UnreadableTensors, load_tensors, refusal_reason
 
 FORMAT = "segdistill-model/1"
 WEIGHTS_NAME, META_NAME, PROGRESS_NAME = "model.safetensors", "model.json", "progress.json"

@@ -18,8 +18,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from distill.atomic_files import atomic_write_text
-from distill.registry import ConfigError
+from segdistill.atomic_files import atomic_write_text
+from segdistill.registry import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -404,9 +404,9 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 def validate_names(cfg: Config) -> None:
     """Check every registered name (dataset, backbone, head, loss) and the loss parameters."""
-    from distill.data import DATASETS
-    from distill.losses import LOSSES, build_loss_params
-    from distill.models import check_model_config
+    from segdistill.data import DATASETS
+    from segdistill.losses import LOSSES, build_loss_params
+    from segdistill.models import check_model_config
 
     DATASETS.get(cfg.data.name, "data.name")
     check_model_config(cfg.model, "model")

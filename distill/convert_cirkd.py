@@ -30,11 +30,11 @@ from typing import Any
 
 import torch
 
-from distill.checkpoint import save_model, sha256_of
-from distill.config import ModelConfig
-from distill.data import DatasetInfo
-from distill.models import build_model
-from distill.registry import ConfigError
+from segdistill.checkpoint import save_model, sha256_of
+from segdistill.config import ModelConfig
+from segdistill.data import DatasetInfo
+from segdistill.models import build_model
+from segdistill.registry import ConfigError
 
 # CIRKD's input: BGR in 0..255 minus this mean (BGR order), no std. Our models see RGB; after the first
 # convolution's channels are flipped, the same map is (rgb01 - MEAN_RGB01) / (1 / 255).
@@ -136,7 +136,7 @@ def convert_state(state: dict[str, torch.Tensor], model: torch.nn.Module, rules:
 def dataset_info(name: str) -> DatasetInfo:
     if name not in DATASETS:
         raise ConfigError(f"--dataset {name!r}: expected one of {', '.join(DATASETS)}")
-    module = importlib.import_module(f"distill.data.{name}")
+    module = importlib.import_module(f"segdistill.data.{name}")
     return DatasetInfo(name, module.CLASSES, module.PALETTE, module.IGNORE_INDEX)
 
 

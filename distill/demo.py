@@ -1,7 +1,7 @@
 """The demo: on the built-in synthetic scenes, train a teacher, train the student alone, distil the
 student from the teacher (pixel-wise KD), evaluate all three and print a table.
 
-    python -m distill.demo [--output runs/demo] [key=value ...]
+    python -m segdistill.demo [--output runs/demo] [key=value ...]
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from distill.pipeline import run_pipeline
+from segdistill.pipeline import run_pipeline
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "demo"
 

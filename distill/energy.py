@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from distill.config import EnergyConfig
-from distill.registry import ConfigError
+from segdistill.config import EnergyConfig
+from segdistill.registry import ConfigError
 
 # codecarbon's names for CPU power read from counters; every other mode is a load x TDP estimate.
 MEASURED_CPU_MODES = ("intel_rapl", "intel_power_gadget", "windows_emi", "apple_powermetrics")

@@ -17,16 +17,16 @@ from pathlib import Path
 
 import torch
 
-from distill.atomic_files import atomic_write_text
-from distill.checkpoint import load_model
-from distill.config import DataConfig, EnergyConfig, EvalConfig, parse_dataclass
-from distill.data import build_dataset
-from distill.data.loader import eval_loader
-from distill.energy import start_meter
-from distill.evaluation import confusion_matrix
-from distill.inference import predict
-from distill.plots import colourise, denormalise, iou_bar_chart, overlay_strip
-from distill.registry import ConfigError
+from segdistill.atomic_files import atomic_write_text
+from segdistill.checkpoint import load_model
+from segdistill.config import DataConfig, EnergyConfig, EvalConfig, parse_dataclass
+from segdistill.data import build_dataset
+from segdistill.data.loader import eval_loader
+from segdistill.energy import start_meter
+from segdistill.evaluation import confusion_matrix
+from segdistill.inference import predict
+from segdistill.plots import colourise, denormalise, iou_bar_chart, overlay_strip
+from segdistill.registry import ConfigError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -7,9 +7,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from distill.config import EvalConfig
-from distill.inference import predict
-from distill.metrics import ConfusionMatrix
+from segdistill.config import EvalConfig
+from segdistill.inference import predict
+from segdistill.metrics import ConfusionMatrix
 
 
 @torch.no_grad()

@@ -27,8 +27,8 @@ from timm.models.efficientnet import EfficientNet
 from timm.models.resnet import ResNet
 from torch import nn
 
-from distill.atomic_files import atomic_write
-from distill.registry import ConfigError
+from segdistill.atomic_files import atomic_write
+from segdistill.registry import ConfigError
 
 BASIS_FORMAT = "segdistill-kdep-basis/1"
 

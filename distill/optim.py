@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distill.config import OptimizerConfig, ScheduleConfig
+from segdistill.config import OptimizerConfig, ScheduleConfig
 
 
 def build_optimizer(backbone: nn.Module, rest: list[nn.Module], cfg: OptimizerConfig) -> torch.optim.Optimizer:

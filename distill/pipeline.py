@@ -1,6 +1,6 @@
 """Teacher -> student alone -> student + KD, then a comparison table.
 
-    python -m distill.pipeline --configs configs/camvid --output runs/camvid [key=value ...]
+    python -m segdistill.pipeline --configs configs/camvid --output runs/camvid [key=value ...]
 
 A config folder holds ``teacher.yaml``, ``student.yaml`` and ``student_kd.yaml``; the overrides apply to
 all three, and the distillation stage gets the teacher trained in the first stage. Each stage runs
@@ -18,13 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-from distill.evaluate import main as evaluate
+from segdistill.evaluate import main as evaluate
 
 STAGES = (("teacher", "teacher.yaml"), ("student", "student.yaml"), ("student + KD", "student_kd.yaml"))
 
 
 def run_stage(config: Path, run_dir: Path, overrides: list[str]) -> None:
-    command = [sys.executable, "-m", "distill.train", "--config", str(config), f"output_dir={run_dir}", *overrides]
+    command = [sys.executable, "-m", "segdistill.train", "--config", str(config), f"output_dir={run_dir}", *overrides]
     if (run_dir / "checkpoints").is_dir():
         command.append("--resume")
     subprocess.run(command, check=True)

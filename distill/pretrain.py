@@ -31,8 +31,8 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from distill.atomic_files import atomic_write, atomic_write_text
-from distill.checkpoint import (
+from segdistill.atomic_files import atomic_write, atomic_write_text
+from segdistill.checkpoint import (
     begin_state,
     commit_state,
     load_state,
@@ -42,7 +42,7 @@ from distill.checkpoint import (
     sha256_of,
     state_dirs,
 )
-from distill.config import (
+from segdistill.config import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     OptimizerConfig,
@@ -51,14 +51,14 @@ from distill.config import (
     read_values,
     save_config,
 )
-from distill.data.loader import DataPosition, ShardedEpochSampler
-from distill.data.synthetic import SyntheticScenes
-from distill.data.unlabelled import ImageFolder, SeededViews, SyntheticImages, view_transform
-from distill.kdep import PooledFeature, fit_basis, kdep_loss, kdep_target, load_basis, save_basis
-from distill.optim import build_optimizer, set_learning_rate
-from distill.processes import die_with_launcher
-from distill.registry import ConfigError
-from distill.run_lock import run_folder_lock
+from segdistill.data.loader import DataPosition, ShardedEpochSampler
+from segdistill.data.synthetic import SyntheticScenes
+from segdistill.data.unlabelled import ImageFolder, SeededViews, SyntheticImages, view_transform
+from segdistill.kdep import PooledFeature, fit_basis, kdep_loss, kdep_target, load_basis, save_basis
+from segdistill.optim import build_optimizer, set_learning_rate
+from segdistill.processes import die_with_launcher
+from segdistill.registry import ConfigError
+from segdistill.run_lock import run_folder_lock
 
 WEIGHTS_NAME = "student_backbone.safetensors"
 WEIGHTS_FORMAT = "segdistill-kdep-backbone/1"

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from distill.atomic_files import writing
-from distill.registry import ConfigError
+from segdistill.atomic_files import writing
+from segdistill.registry import ConfigError
 
 LOCK_NAME = "run.lock"
 

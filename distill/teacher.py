@@ -8,10 +8,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from distill.checkpoint import CheckpointError, load_model, load_weights
-from distill.config import DataConfig, TeacherConfig
-from distill.data import DatasetInfo
-from distill.models import build_model
+from segdistill.checkpoint import CheckpointError, load_model, load_weights
+from segdistill.config import DataConfig, TeacherConfig
+from segdistill.data import DatasetInfo
+from segdistill.models import build_model
 
 
 class Renormalize(nn.Module):

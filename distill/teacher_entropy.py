@@ -25,12 +25,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from distill.atomic_files import atomic_write_text  # noqa: E402
-from distill.checkpoint import load_model  # noqa: E402
-from distill.data import build_dataset  # noqa: E402
-from distill.data.loader import eval_loader  # noqa: E402
-from distill.evaluate import data_config  # noqa: E402
-from distill.registry import ConfigError  # noqa: E402
+from segdistill.atomic_files import atomic_write_text  # noqa: E402
+from segdistill.checkpoint import load_model  # noqa: E402
+from segdistill.data import build_dataset  # noqa: E402
+from segdistill.data.loader import eval_loader  # noqa: E402
+from segdistill.evaluate import data_config  # noqa: E402
+from segdistill.registry import ConfigError  # noqa: E402
 
 BINS = 50
 NEAR_ONE_HOT = 0.1  # entropy below this fraction of ln K

@@ -25,9 +25,9 @@ from accelerate.utils import DistributedType, set_seed
 from torch import nn
 from tqdm import tqdm
 
-import kernels
-from distill.atomic_files import atomic_write_text
-from distill.checkpoint import (
+from segdistill import kernels
+from segdistill.atomic_files import atomic_write_text
+from segdistill.checkpoint import (
     begin_state,
     commit_state,
     load_state,
@@ -38,20 +38,20 @@ from distill.checkpoint import (
     save_state,
     state_dirs,
 )
-from distill.config import Config, config_to_dict, load_config, save_config
-from distill.data import build_dataset
-from distill.data.loader import DataPosition, eval_loader, train_loader
-from distill.energy import start_meter
-from distill.evaluation import confusion_matrix
-from distill.losses import Criterion, LossContext, TaskLoss, build_criterion
-from distill.metrics import SegMetrics
-from distill.models import SegOutput, build_model, count_parameters
-from distill.optim import build_optimizer, learning_rate, set_learning_rate
-from distill.processes import die_with_launcher
-from distill.registry import ConfigError
-from distill.run_lock import run_folder_lock
-from distill.teacher import build_teacher
-from distill.unreached import freeze_unreached
+from segdistill.config import Config, config_to_dict, load_config, save_config
+from segdistill.data import build_dataset
+from segdistill.data.loader import DataPosition, eval_loader, train_loader
+from segdistill.energy import start_meter
+from segdistill.evaluation import confusion_matrix
+from segdistill.losses import Criterion, LossContext, TaskLoss, build_criterion
+from segdistill.metrics import SegMetrics
+from segdistill.models import SegOutput, build_model, count_parameters
+from segdistill.optim import build_optimizer, learning_rate, set_learning_rate
+from segdistill.processes import die_with_launcher
+from segdistill.registry import ConfigError
+from segdistill.run_lock import run_folder_lock
+from segdistill.teacher import build_teacher
+from segdistill.unreached import freeze_unreached
 
 
 class NonFiniteLoss(RuntimeError):

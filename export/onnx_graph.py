@@ -8,8 +8,8 @@ from pathlib import Path
 
 import onnx
 
-from distill.atomic_files import atomic_write
-from distill.registry import ConfigError
+from segdistill.atomic_files import atomic_write
+from segdistill.registry import ConfigError
 
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from deploy.accuracy import default_shape
-from deploy.shapes import ImageShape, parse_shape
-from deploy.wrapper import OUTPUT_KINDS
-from distill.registry import ConfigError
+from segdistill.deploy.accuracy import default_shape
+from segdistill.deploy.shapes import ImageShape, parse_shape
+from segdistill.deploy.wrapper import OUTPUT_KINDS
+from segdistill.registry import ConfigError
 
 DYNAMIC_DIMS = ("batch", "height", "width")
 

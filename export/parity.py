@@ -23,14 +23,14 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from deploy.accuracy import check_classes, image_batches, labels_at, open_dataset
-from deploy.artifact import ArtifactInfo, write_artifact_info
-from deploy.backends import load_predictor
-from deploy.backends.torch_modules import eager_predictor
-from deploy.predictor import Predictor
-from deploy.shapes import ImageShape, ShapeRange, accepts, default_range, parse_range, parse_shape
-from distill.metrics import ConfusionMatrix
-from distill.registry import ConfigError
+from segdistill.deploy.accuracy import check_classes, image_batches, labels_at, open_dataset
+from segdistill.deploy.artifact import ArtifactInfo, write_artifact_info
+from segdistill.deploy.backends import load_predictor
+from segdistill.deploy.backends.torch_modules import eager_predictor
+from segdistill.deploy.predictor import Predictor
+from segdistill.deploy.shapes import ImageShape, ShapeRange, accepts, default_range, parse_range, parse_shape
+from segdistill.metrics import ConfusionMatrix
+from segdistill.registry import ConfigError
 
 
 @dataclass(frozen=True)

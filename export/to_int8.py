@@ -26,21 +26,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: import from the repository, not export/
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import numpy as np
+import onnx
+import onnxruntime
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-import onnxruntime  # noqa: E402
-
-from deploy.accuracy import image_batches, open_dataset  # noqa: E402
-from deploy.artifact import ArtifactError, ArtifactInfo, read_artifact_info  # noqa: E402
-from deploy.backends import load_predictor  # noqa: E402
-from deploy.shapes import parse_shape  # noqa: E402
-from distill.checkpoint import sha256_of  # noqa: E402
-from distill.registry import ConfigError  # noqa: E402
-from export.onnx_graph import check_and_infer, graph_precision, save_atomic  # noqa: E402
-from export.parity import ParityReport, add_parity_arguments, gate_artifact, vouched_range  # noqa: E402
+from segdistill.checkpoint import sha256_of
+from segdistill.deploy.accuracy import image_batches, open_dataset
+from segdistill.deploy.artifact import ArtifactError, ArtifactInfo, read_artifact_info
+from segdistill.deploy.backends import load_predictor
+from segdistill.deploy.shapes import parse_shape
+from segdistill.export.onnx_graph import check_and_infer, graph_precision, save_atomic
+from segdistill.export.parity import ParityReport, add_parity_arguments, gate_artifact, vouched_range
+from segdistill.registry import ConfigError
 
 METHODS = ("entropy", "minmax", "percentile")
 TARGETS = ("tensorrt", "onnxruntime-cpu")

@@ -20,22 +20,25 @@ import sys
 import tempfile
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: import from the repository, not export/
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import onnx
+import onnxruntime
+import onnxscript
+import torch
+from torch.export import Dim
 
-import onnx  # noqa: E402
-import onnxruntime  # noqa: E402
-import onnxscript  # noqa: E402
-import torch  # noqa: E402
-from torch.export import Dim  # noqa: E402
-
-from deploy.shapes import ImageShape, parse_range  # noqa: E402
-from deploy.wrapper import DTYPES, INPUT_NAME, DeployModel, load_deploy_model  # noqa: E402
-from distill.registry import ConfigError  # noqa: E402
-from export.onnx_graph import check_and_infer, name_dynamic_dims, save_atomic, shapes_after_uint8_cast, slim  # noqa: E402
-from export.options import add_model_arguments, export_shape, parse_dynamic, traced_shape  # noqa: E402
-from export.parity import ParityReport, add_parity_arguments, gate_artifact  # noqa: E402
-from export.shape_generic import shape_generic_pooling  # noqa: E402
+from segdistill.deploy.shapes import ImageShape, parse_range
+from segdistill.deploy.wrapper import DTYPES, INPUT_NAME, DeployModel, load_deploy_model
+from segdistill.export.onnx_graph import (
+    check_and_infer,
+    name_dynamic_dims,
+    save_atomic,
+    shapes_after_uint8_cast,
+    slim,
+)
+from segdistill.export.options import add_model_arguments, export_shape, parse_dynamic, traced_shape
+from segdistill.export.parity import ParityReport, add_parity_arguments, gate_artifact
+from segdistill.export.shape_generic import shape_generic_pooling
+from segdistill.registry import ConfigError
 
 MIN_OPSET = 18
 

@@ -17,20 +17,17 @@ import sys
 import warnings
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: import from the repository, not export/
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import torch
+from torch.export import Dim
 
-import torch  # noqa: E402
-from torch.export import Dim  # noqa: E402
-
-from deploy.shapes import ImageShape  # noqa: E402
-from deploy.wrapper import INPUT_NAME, DeployModel, load_deploy_model  # noqa: E402
-from distill.atomic_files import atomic_path  # noqa: E402
-from distill.registry import ConfigError  # noqa: E402
-from export.options import add_model_arguments, export_shape, parse_dynamic, traced_shape  # noqa: E402
-from export.parity import ParityReport, add_parity_arguments, gate_artifact  # noqa: E402
-from export.shape_generic import shape_generic_padding  # noqa: E402
-from export.to_onnx import example_input, input_axes  # noqa: E402
+from segdistill.atomic_files import atomic_path
+from segdistill.deploy.shapes import ImageShape
+from segdistill.deploy.wrapper import INPUT_NAME, DeployModel, load_deploy_model
+from segdistill.export.options import add_model_arguments, export_shape, parse_dynamic, traced_shape
+from segdistill.export.parity import ParityReport, add_parity_arguments, gate_artifact
+from segdistill.export.shape_generic import shape_generic_padding
+from segdistill.export.to_onnx import example_input, input_axes
+from segdistill.registry import ConfigError
 
 FORMATS = ("trace", "script", "export")
 

@@ -29,20 +29,17 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-if __name__ == "__main__" and not __package__:  # run as a file: import from the repository, not export/
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import onnx
+import torch
 
-import onnx  # noqa: E402
-import torch  # noqa: E402
-
-from deploy.artifact import ArtifactError, ArtifactInfo, read_artifact_info, sidecar_path  # noqa: E402
-from deploy.backends.trt_engine import gpu_description, require_cuda, tensorrt_module  # noqa: E402
-from deploy.shapes import ImageShape, accepts, parse_shape  # noqa: E402
-from distill.atomic_files import atomic_write_bytes  # noqa: E402
-from distill.checkpoint import resolve_model_path, sha256_of  # noqa: E402
-from distill.registry import ConfigError  # noqa: E402
-from export.onnx_graph import graph_precision  # noqa: E402
-from export.parity import ParityReport, add_parity_arguments, gate_artifact  # noqa: E402
+from segdistill.atomic_files import atomic_write_bytes
+from segdistill.checkpoint import resolve_model_path, sha256_of
+from segdistill.deploy.artifact import ArtifactError, ArtifactInfo, read_artifact_info, sidecar_path
+from segdistill.deploy.backends.trt_engine import gpu_description, require_cuda, tensorrt_module
+from segdistill.deploy.shapes import ImageShape, accepts, parse_shape
+from segdistill.export.onnx_graph import graph_precision
+from segdistill.export.parity import ParityReport, add_parity_arguments, gate_artifact
+from segdistill.registry import ConfigError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 BUILDER_FLAGS = {"fp16": "FP16", "bf16": "BF16"}

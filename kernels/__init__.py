@@ -6,10 +6,10 @@ the kernels (on CPU tensors under ``TRITON_INTERPRET=1``). This package imports 
 See docs/kernels.md.
 """
 
-from kernels.affinity import cross_image_affinity_kl, pairwise_affinity_mse
-from kernels.contrast import patch_contrast
-from kernels.dispatch import triton_unavailable_reason, use_backend, use_reference
-from kernels.softmax_kl import class_softmax_kl, spatial_softmax_kl
+from segdistill.kernels.affinity import cross_image_affinity_kl, pairwise_affinity_mse
+from segdistill.kernels.contrast import patch_contrast
+from segdistill.kernels.dispatch import triton_unavailable_reason, use_backend, use_reference
+from segdistill.kernels.softmax_kl import class_softmax_kl, spatial_softmax_kl
 
 __all__ = [
     "class_softmax_kl",

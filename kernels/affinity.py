@@ -16,9 +16,9 @@ from collections.abc import Callable
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from kernels.dispatch import Backend, device_of, resolve_backend
-from kernels.precision import at_least_float32
-from kernels.validation import check_nodes, check_tau
+from segdistill.kernels.dispatch import Backend, device_of, resolve_backend
+from segdistill.kernels.precision import at_least_float32
+from segdistill.kernels.validation import check_nodes, check_tau
 
 # Affinity entries per block of rows in the references (1 Mi floats = 4 MiB per matrix).
 CHUNK_ELEMENTS = 1 << 20
@@ -82,7 +82,7 @@ def pairwise_affinity_mse(
     sum_b sum_{i,j} (x_i.x_j - y_i.y_j)^2 as a scalar (float32; float64 for float64 inputs) (the caller divides by N^2 and B)."""
     check_nodes("pairwise_affinity_mse", student, teacher)
     if resolve_backend(backend, student, teacher) == "triton":
-        from kernels.affinity_triton import pairwise_affinity_mse_triton
+        from segdistill.kernels.affinity_triton import pairwise_affinity_mse_triton
 
         with device_of(student):
             return pairwise_affinity_mse_triton(student, teacher)
@@ -98,7 +98,7 @@ def cross_image_affinity_kl(
     check_nodes("cross_image_affinity_kl", student, teacher)
     check_tau("cross_image_affinity_kl", tau)
     if resolve_backend(backend, student, teacher) == "triton":
-        from kernels.affinity_triton import cross_image_affinity_kl_triton
+        from segdistill.kernels.affinity_triton import cross_image_affinity_kl_triton
 
         with device_of(student):
             return cross_image_affinity_kl_triton(student, teacher, tau)

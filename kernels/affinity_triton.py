@@ -1,4 +1,4 @@
-"""Tiled (flash-attention style) Triton kernels for ``kernels.affinity``: forward, backward, autograd.
+"""Tiled (flash-attention style) Triton kernels for ``segdistill.kernels.affinity``: forward, backward, autograd.
 
 Affinity tiles a[p, q] = sum_c x[c, p] x'[c, q] of both networks are built in registers from blocks of
 rows p and columns q (tl.dot, float32 accumulation, 3xTF32 on tensor cores for float32 inputs) and

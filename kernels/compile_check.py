@@ -6,7 +6,7 @@ says nothing about registers. This builds each kernel, with the tile sizes the w
 benchmark shapes, down to a cubin with Triton's bundled ptxas, and reads registers, spills and shared
 memory with cuobjdump. No GPU or CUDA driver is needed.
 
-    python -m kernels.compile_check --arch 90 --arch 87     # H100 / Jetson Orin
+    python -m segdistill.kernels.compile_check --arch 90 --arch 87     # H100 / Jetson Orin
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels import affinity_triton, contrast_triton, softmax_kl_triton
+from segdistill.kernels import affinity_triton, contrast_triton, softmax_kl_triton
 
 DTYPES = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from kernels.dispatch import Backend, device_of, resolve_backend
-from kernels.precision import at_least_float32
-from kernels.validation import check_same_shape, check_tau
+from segdistill.kernels.dispatch import Backend, device_of, resolve_backend
+from segdistill.kernels.precision import at_least_float32
+from segdistill.kernels.validation import check_same_shape, check_tau
 
 # Similarity entries per band of the reference (512 Ki floats = 2 MiB; at Cityscapes scale one patch row);
 # a few such buffers live at once.
@@ -95,7 +95,7 @@ def patch_contrast(
     H' and W' divisible by ``patch``, C by ``groups``; a scalar, float32 (float64 for float64 inputs; see the module docstring)."""
     check_patch_args(student, teacher, patch, groups, tau)
     if resolve_backend(backend, student, teacher) == "triton":
-        from kernels.contrast_triton import patch_contrast_triton
+        from segdistill.kernels.contrast_triton import patch_contrast_triton
 
         with device_of(student):
             return patch_contrast_triton(student, teacher, patch, groups, tau)

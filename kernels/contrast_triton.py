@@ -1,4 +1,4 @@
-"""Triton kernels for the Af-DCD omni-contrast (``kernels.contrast``): forward, backward, autograd.
+"""Triton kernels for the Af-DCD omni-contrast (``segdistill.kernels.contrast``): forward, backward, autograd.
 
 One program per (patch, block of anchors). Tokens are read straight from the (B, C, H', W') maps by
 index arithmetic (no token copy). For each block of teacher tokens the program forms the
@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 NEG = tl.constexpr(-1.0e30)  # finite "minus infinity": masked logits are replaced before exp, so no inf - inf
-NUM_WARPS = 8  # the 8k-float difference tile: under 180 registers a thread on sm_90 (kernels.compile_check)
+NUM_WARPS = 8  # the 8k-float difference tile: under 180 registers a thread on sm_90 (segdistill.kernels.compile_check)
 
 
 @triton.jit

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.contrast import patch_tokens
-from kernels.precision import at_least_float32
+from segdistill.kernels.contrast import patch_tokens
+from segdistill.kernels.precision import at_least_float32
 
 
 def naive_patch_contrast(

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from kernels.dispatch import Backend, device_of, resolve_backend
-from kernels.precision import at_least_float32
-from kernels.validation import check_same_shape, check_tau
+from segdistill.kernels.dispatch import Backend, device_of, resolve_backend
+from segdistill.kernels.precision import at_least_float32
+from segdistill.kernels.validation import check_same_shape, check_tau
 
 
 def softmax_kl_rows_reference(
@@ -27,7 +27,7 @@ def _softmax_kl_rows(
     student: torch.Tensor, teacher: torch.Tensor, tau: float, dim: int, backend: Backend
 ) -> torch.Tensor:
     if resolve_backend(backend, student, teacher) == "triton":
-        from kernels.softmax_kl_triton import softmax_kl_rows_triton
+        from segdistill.kernels.softmax_kl_triton import softmax_kl_rows_triton
 
         with device_of(student):
             return softmax_kl_rows_triton(student, teacher, tau, dim)

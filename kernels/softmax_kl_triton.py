@@ -1,4 +1,4 @@
-"""Triton kernels for the softmax-KL family (``kernels.softmax_kl``): forward, backward, autograd.
+"""Triton kernels for the softmax-KL family (``segdistill.kernels.softmax_kl``): forward, backward, autograd.
 
 The inputs are read as a strided 3-D view (outer O, reduced R, inner I); each (o, i) is one row of
 length R. CWD / HWD rows are (n, c) over H*W (R contiguous); pixel-KD rows are pixels over K classes
@@ -19,7 +19,7 @@ import triton.language as tl
 # Finite start for running maxima: masked entries are zeroed explicitly, so no inf - inf ever occurs.
 NEG = tl.constexpr(-1.0e30)
 STATS = 5  # m_s, z_s, m_t, z_t, w
-NUM_WARPS = 8  # for the ~4k-element tiles: about 100 registers a thread on sm_90 (kernels.compile_check)
+NUM_WARPS = 8  # for the ~4k-element tiles: about 100 registers a thread on sm_90 (segdistill.kernels.compile_check)
 
 
 @triton.jit

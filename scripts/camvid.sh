@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 root="${1:-../shared/data/camvid}"
 out="${2:-runs/camvid}"
 shift $(( $# > 2 ? 2 : $# )) || true
-exec ./run.sh python -m distill.pipeline --configs configs/camvid --output "$out" "data.root=$root" "$@"
+exec ./run.sh python -m segdistill.pipeline --configs configs/camvid --output "$out" "data.root=$root" "$@"

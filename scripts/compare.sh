@@ -27,9 +27,9 @@ studies=()
 for method in $methods; do
     teacher=()
     [ "$method" != student ] && teacher=("teacher.checkpoint=$out/teacher/final")
-    $PY distill/sweep.py --config "$presets/$method.yaml" --space configs/protocol/seeds.yaml --seeds "$seeds" \
+    $PY study/sweep.py --config "$presets/$method.yaml" --space configs/protocol/seeds.yaml --seeds "$seeds" \
         --workers "$workers" --study "$out/$method" "${teacher[@]}" "$@"
     studies+=("$out/$method")
 done
-$PY distill/report.py "${studies[@]}" --output "$out/report"
+$PY study/report.py "${studies[@]}" --output "$out/report"
 echo "comparison done in $(( ($(date +%s) - start) / 60 )) min; report: $out/report/report.md"

@@ -8,7 +8,7 @@ provider ONNX Runtime lacks) where there is none is reported *skipped* with the 
 Without CUDA, or with ``--cpu-mode``, the rest runs at a tiny scale. Steps:
 
 * kernel_tests: tests/test_kernels_triton.py on CUDA (compiled kernels, not the interpreter).
-* kernel_bench: kernels/bench.py --device cuda, Triton against eager and torch.compile, judged against
+* kernel_bench: benchmarks/kernels.py --device cuda, Triton against eager and torch.compile, judged against
   the targets of docs/kernels.md.
 * train: a student with pixel KD + CWD + Af-DCD, train.kernels=triton and =reference from one seed:
   loss curves, step time ratio, peak memory ratio. On CUDA: CamVid-sized (MobileNetV2 + FCN student,
@@ -41,16 +41,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from segdistill.atomic_files import atomic_write_text
+from segdistill.deploy.environment import environment
+from segdistill.tensorboard_scalars import logged_scalars
+
 ROOT = Path(__file__).resolve().parents[1]
-if __name__ == "__main__" and not __package__:  # run as a file: import from the repository, not scripts/
-    sys.path[0] = str(ROOT)
-
-import torch  # noqa: E402
-
-from deploy.environment import environment  # noqa: E402
-from distill.atomic_files import atomic_write_text  # noqa: E402
-from distill.tensorboard_scalars import logged_scalars  # noqa: E402
-
 CAMVID = ROOT.parent / "shared/data/camvid"
 STUDENT_WEIGHTS = ROOT.parent / "shared/weights/mobilenetv2_100.imagenet.safetensors"
 # Loss-curve agreement of the two backends (bf16, about 200 steps: rounding differences grow as the runs
@@ -258,8 +255,8 @@ def plan(out: Path, cuda: bool, no_cuda: str, steps: int) -> tuple[list[Step], s
     steps_ = [
         Step("kernel_tests", "tests/test_kernels_triton.py on CUDA", 90,
              [python("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_kernels_triton.py")], skip=need_cuda),
-        Step("kernel_bench", "kernels/bench.py --device cuda vs eager and torch.compile (targets: docs/kernels.md)", 150,
-             [python("kernels/bench.py", "--device", "cuda", "--json")], skip=need_cuda, judge=judge_bench),
+        Step("kernel_bench", "benchmarks/kernels.py --device cuda vs eager and torch.compile (targets: docs/kernels.md)", 150,
+             [python("benchmarks/kernels.py", "--device", "cuda", "--json")], skip=need_cuda, judge=judge_bench),
         Step("train", f"pixel KD + CWD + Af-DCD, {steps} steps, kernels vs reference from one seed: {data_note}", 150,
              [python("scripts/gpu_check_train.py", *train_args, f"output_dir={out / 'train' / backend}", f"train.kernels={backend}")
               for backend in ("triton", "reference")],

@@ -13,17 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: import from the repository, not scripts/
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from deploy.accuracy import default_shape  # noqa: E402
-from deploy.backends import load_predictor  # noqa: E402
-from deploy.backends.torch_modules import eager_predictor  # noqa: E402
-from deploy.shapes import parse_shape  # noqa: E402
-from distill.registry import ConfigError  # noqa: E402
-from export.parity import THRESHOLDS, run_parity  # noqa: E402
+from segdistill.deploy.accuracy import default_shape
+from segdistill.deploy.backends import load_predictor
+from segdistill.deploy.backends.torch_modules import eager_predictor
+from segdistill.deploy.shapes import parse_shape
+from segdistill.export.parity import THRESHOLDS, run_parity
+from segdistill.registry import ConfigError
 
 
 def main(argv: list[str] | None = None) -> bool:

@@ -11,14 +11,10 @@ from __future__ import annotations
 import json
 import resource
 import sys
-from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: import from the repository, not scripts/
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import torch
 
-import torch  # noqa: E402
-
-from distill.train import main  # noqa: E402
+from segdistill.train import main
 
 
 def peak_memory() -> dict[str, int | str]:

@@ -23,7 +23,7 @@ if [ -z "$terms" ]; then  # every student_kd_<term>.yaml of the presets
     terms=$(find "$presets" -maxdepth 1 -name 'student_kd_*.yaml' | sed 's/.*student_kd_\(.*\)\.yaml/\1/' | sort | tr '\n' ' ')
 fi
 PY="${PY:-./run.sh python}"
-sweep() { $PY distill/sweep.py --seeds "$seeds" --workers "$workers" "$@"; }
+sweep() { $PY study/sweep.py --seeds "$seeds" --workers "$workers" "$@"; }
 start=$(date +%s)
 
 PY="$PY" scripts/train_teacher.sh "$presets" "$out" "$@"
@@ -39,5 +39,5 @@ for term in $terms; do
         --base-from "$out/stage2_tau" "$teacher" "$@"
     studies+=("$out/stage3_$term")
 done
-$PY distill/report.py "${studies[@]}" --output "$out/report"
+$PY study/report.py "${studies[@]}" --output "$out/report"
 echo "protocol done in $(( ($(date +%s) - start) / 60 )) min; report: $out/report/report.md"

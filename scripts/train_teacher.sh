@@ -8,5 +8,5 @@ presets="$1"; out="$2"; shift 2
 PY="${PY:-./run.sh python}"
 if [ ! -f "$out/teacher/final/model.json" ]; then
     resume=$(compgen -G "$out/teacher/checkpoints/step_*/progress.json" >/dev/null && echo --resume || true)
-    $PY -m distill.train --config "$presets/teacher.yaml" "output_dir=$out/teacher" $resume "$@"
+    $PY -m segdistill.train --config "$presets/teacher.yaml" "output_dir=$out/teacher" $resume "$@"
 fi

@@ -28,7 +28,7 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory) -> Path:
     """A model trained for a few steps, saved as a checkpoint folder, to serve as a teacher."""
-    from distill.train import main
+    from segdistill.train import main
 
     run = tmp_path_factory.mktemp("teacher")
     main([*TINY, f"output_dir={run}"])

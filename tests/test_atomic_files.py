@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.atomic_files import UnwritableOutput, atomic_write, atomic_write_text, current_umask
+from segdistill.atomic_files import UnwritableOutput, atomic_write, atomic_write_text, current_umask
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.config import ModelConfig
-from distill.models import build_model
-from distill.registry import ConfigError
-from export import to_onnx
+from segdistill.config import ModelConfig
+from segdistill.export import to_onnx
+from segdistill.models import build_model
+from segdistill.registry import ConfigError
 from tests.helpers import TINY, run_python
 from tests.test_export import PARITY, save_student
 

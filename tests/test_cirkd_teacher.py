@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.checkpoint import load_model
-from distill.config import DataConfig, TeacherConfig
-from distill.convert_cirkd import CIRKD_MEAN_BGR, convert, detect
-from distill.data import DatasetInfo
-from distill.data.cityscapes import CLASSES, IGNORE_INDEX, PALETTE
-from distill.registry import ConfigError
-from distill.teacher import build_teacher
+from segdistill.checkpoint import load_model
+from segdistill.config import DataConfig, TeacherConfig
+from segdistill.convert_cirkd import CIRKD_MEAN_BGR, convert, detect
+from segdistill.data import DatasetInfo
+from segdistill.data.cityscapes import CLASSES, IGNORE_INDEX, PALETTE
+from segdistill.registry import ConfigError
+from segdistill.teacher import build_teacher
 
 IMAGENET = DataConfig()
 

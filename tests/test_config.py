@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distill.config import (
+from segdistill.config import (
     Config,
     ConfigError,
     LossConfig,

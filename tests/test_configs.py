@@ -10,15 +10,15 @@ import pytest
 import torch
 import yaml
 
-from distill.config import Config, ModelConfig, load_config
-from distill.losses import TaskLoss, build_criterion
-from distill.models import SegOutput, build_model
-from distill.study.space import load_space
+from segdistill.config import Config, ModelConfig, load_config
+from segdistill.losses import TaskLoss, build_criterion
+from segdistill.models import SegOutput, build_model
+from segdistill.study.space import load_space
 from tests.helpers import ROOT
 
 
 def is_search_space(path: Path) -> bool:
-    """A search space of distill/sweep.py (configs/protocol/stage*.yaml ...): a 'sampler' at the top."""
+    """A search space of study/sweep.py (configs/protocol/stage*.yaml ...): a 'sampler' at the top."""
     return "sampler" in (yaml.safe_load(path.read_text()) or {})
 
 

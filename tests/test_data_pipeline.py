@@ -8,16 +8,16 @@ import itertools
 import pytest
 import torch
 
-from distill.config import DataConfig
-from distill.data import transforms as T
-from distill.data.loader import (
+from segdistill.config import DataConfig
+from segdistill.data import transforms as T
+from segdistill.data.loader import (
     DataPosition,
     ShardedEpochSampler,
     TransformedDataset,
     eval_loader,
     train_loader,
 )
-from distill.data.synthetic import SyntheticScenes
+from segdistill.data.synthetic import SyntheticScenes
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IGNORE = 255
@@ -215,7 +215,7 @@ def test_synthetic_is_deterministic_and_splits_differ() -> None:
 
 
 def test_synthetic_through_registry_uses_split_lengths() -> None:
-    from distill.data import build_dataset
+    from segdistill.data import build_dataset
 
     cfg = DataConfig()
     cfg = dataclasses.replace(cfg, synthetic=dataclasses.replace(cfg.synthetic, num_train=10, num_val=4, size=(8, 8)))

@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from distill.config import DataConfig
-from distill.data import DATASETS, DatasetError, build_dataset
-from distill.registry import ConfigError
+from segdistill.config import DataConfig
+from segdistill.data import DATASETS, DatasetError, build_dataset
+from segdistill.registry import ConfigError
 
 H, W = 12, 16
 

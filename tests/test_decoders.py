@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.checkpoint import load_model
-from distill.config import ModelConfig
-from distill.models import FEATURE_NAMES, build_model, check_model_config
-from distill.registry import ConfigError
-from distill.train import main
+from segdistill.checkpoint import load_model
+from segdistill.config import ModelConfig
+from segdistill.models import FEATURE_NAMES, build_model, check_model_config
+from segdistill.registry import ConfigError
+from segdistill.train import main
 from tests.helpers import TINY, run_python
 
 B, K, SIZE = 2, 5, 32

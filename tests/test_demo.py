@@ -13,7 +13,7 @@ def test_demo_runs_three_stages_and_writes_the_table(tmp_path: Path) -> None:
         "train.iterations=2", "train.eval_interval=2", "train.checkpoint_interval=2", "train.log_interval=1",
         "data.synthetic.num_train=16", "data.synthetic.num_val=4", "data.batch_size=4", "data.num_workers=0",
     ]  # fmt: skip
-    done = run_python(["-m", "distill.demo", "--output", str(tmp_path), *short])
+    done = run_python(["-m", "segdistill.demo", "--output", str(tmp_path), *short])
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [row["model"] for row in summary["rows"]] == ["teacher", "student", "student + KD"]

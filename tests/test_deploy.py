@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from deploy import benchmark
-from deploy.accuracy import evaluate, open_dataset
-from deploy.artifact import ArtifactError, read_artifact_info
-from deploy.backends import load_predictor
-from deploy.backends.torch_modules import eager_predictor
-from deploy.latency import LatencyStats
-from distill.checkpoint import load_model
-from distill.config import DataConfig, EvalConfig, parse_dataclass
-from distill.data.loader import eval_loader
-from distill.evaluation import confusion_matrix
-from export import to_torchscript
+from segdistill.checkpoint import load_model
+from segdistill.config import DataConfig, EvalConfig, parse_dataclass
+from segdistill.data.loader import eval_loader
+from segdistill.deploy import benchmark
+from segdistill.deploy.accuracy import evaluate, open_dataset
+from segdistill.deploy.artifact import ArtifactError, read_artifact_info
+from segdistill.deploy.backends import load_predictor
+from segdistill.deploy.backends.torch_modules import eager_predictor
+from segdistill.deploy.latency import LatencyStats
+from segdistill.evaluation import confusion_matrix
+from segdistill.export import to_torchscript
 from tests.helpers import run_python
 from tests.test_export import PARITY, SIZE, save_student
 

@@ -20,8 +20,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill.checkpoint import state_dirs
-from distill.evaluate import main as evaluate
+from segdistill.checkpoint import state_dirs
+from segdistill.evaluate import main as evaluate
 from tests.helpers import ROOT, TINY, run_python, subprocess_env
 
 

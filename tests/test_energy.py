@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from codecarbon.input import DataSource
 
-from distill import energy
-from distill.config import EnergyConfig
-from distill.registry import ConfigError
+from segdistill import energy
+from segdistill.config import EnergyConfig
+from segdistill.registry import ConfigError
 
 
 def busy(seconds: float) -> None:

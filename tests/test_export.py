@@ -15,20 +15,20 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deploy.artifact import ArtifactError, read_artifact_info, sidecar_path
-from deploy.backends import load_predictor
-from deploy.backends.torch_modules import eager_predictor
-from deploy.shapes import ImageShape, parse_range, parse_shape
-from distill.checkpoint import read_metadata, save_model, sha256_of
-from distill.config import DataConfig, ModelConfig, config_to_dict
-from distill.data.base import DatasetInfo
-from distill.data.synthetic import CLASSES, IGNORE_INDEX, PALETTE
-from distill.models import build_model
-from distill.registry import ConfigError
-from export import to_int8, to_onnx, to_trt
-from export.onnx_graph import graph_precision
-from export.parity import THRESHOLDS, run_parity
-from export.shape_generic import adaptive_avg_pool2d_matmul
+from segdistill.checkpoint import read_metadata, save_model, sha256_of
+from segdistill.config import DataConfig, ModelConfig, config_to_dict
+from segdistill.data.base import DatasetInfo
+from segdistill.data.synthetic import CLASSES, IGNORE_INDEX, PALETTE
+from segdistill.deploy.artifact import ArtifactError, read_artifact_info, sidecar_path
+from segdistill.deploy.backends import load_predictor
+from segdistill.deploy.backends.torch_modules import eager_predictor
+from segdistill.deploy.shapes import ImageShape, parse_range, parse_shape
+from segdistill.export import to_int8, to_onnx, to_trt
+from segdistill.export.onnx_graph import graph_precision
+from segdistill.export.parity import THRESHOLDS, run_parity
+from segdistill.export.shape_generic import adaptive_avg_pool2d_matmul
+from segdistill.models import build_model
+from segdistill.registry import ConfigError
 from tests.helpers import run_python
 
 SIZE = (40, 56)  # synthetic validation scenes, H x W

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from deploy.artifact import read_artifact_info
-from deploy.shapes import ImageShape, ShapeRange, parse_shape
-from deploy.wrapper import DeployModel
-from distill.registry import ConfigError
-from export import to_torchscript
+from segdistill.deploy.artifact import read_artifact_info
+from segdistill.deploy.shapes import ImageShape, ShapeRange, parse_shape
+from segdistill.deploy.wrapper import DeployModel
+from segdistill.export import to_torchscript
+from segdistill.registry import ConfigError
 from tests.test_export import PARITY, save_student
 
 BACKBONES = [

@@ -69,7 +69,7 @@ def bench_row(case: str, shape: str, implementation: str, time_ms: float, **figu
 
 
 def test_a_missed_kernel_target_fails_the_step_and_names_the_figure(tmp_path: Path) -> None:
-    """The bench step's judge reads kernels/bench.py --json rows (as bench_cuda writes them) from a real
+    """The bench step's judge reads benchmarks/kernels.py --json rows (as bench_cuda writes them) from a real
     subprocess: a Triton row below its docs/kernels.md target fails the step, naming the figure."""
     gpu_check = load_gpu_check()
     cwd, contrast = "CWD (spatial softmax-KL)", "Af-DCD omni-contrast"

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.config import ModelConfig
-from distill.inference import predict
-from distill.models import SegOutput, build_model
+from segdistill.config import ModelConfig
+from segdistill.inference import predict
+from segdistill.models import SegOutput, build_model
 
 K = 4
 

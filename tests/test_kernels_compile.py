@@ -19,7 +19,7 @@ PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 def test_every_kernel_compiles_for_sm90_without_spills(tmp_path, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # compile for real, not from a cache
-    result = run_python(["-m", "kernels.compile_check", "--arch", "90", "--fail-on-spill"], timeout=600)
+    result = run_python(["-m", "segdistill.kernels.compile_check", "--arch", "90", "--fail-on-spill"], timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     for kernel in (
         "softmax_kl partial",

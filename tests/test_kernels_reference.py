@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
-from kernels import affinity, contrast, dispatch, naive
+from segdistill import kernels
+from segdistill.kernels import affinity, contrast, dispatch, naive
 
 
 def softmax_np(row: np.ndarray) -> np.ndarray:
@@ -198,7 +198,7 @@ def test_references_pass_float64_gradcheck():
     s, t = torch.randn(2, 3, 2, 3, dtype=torch.float64), torch.randn(2, 3, 2, 3, dtype=torch.float64)
     weight = torch.rand(2, 3, dtype=torch.float64)
     # The functions compute in float32 by contract; gradcheck goes through the float64 references.
-    from kernels.softmax_kl import softmax_kl_rows_reference
+    from segdistill.kernels.softmax_kl import softmax_kl_rows_reference
 
     def spatial(x):
         return (softmax_kl_rows_reference(x.flatten(2), t.flatten(2), 2.0, 2) * weight).sum()
@@ -382,8 +382,8 @@ def test_bad_arguments_name_the_problem(call, message):
 
 
 def test_trainer_config_switch_accepts_auto_and_reference_only():
-    from distill.config import load_config
-    from distill.registry import ConfigError
+    from segdistill.config import load_config
+    from segdistill.registry import ConfigError
 
     assert load_config(None).train.kernels == "auto"
     assert load_config(None, ["train.kernels=reference"]).train.kernels == "reference"

@@ -21,13 +21,13 @@ pytest.importorskip("triton")
 
 import torch.nn.functional as F  # noqa: E402
 
-import kernels  # noqa: E402
-from kernels.affinity import cross_image_affinity_kl_reference, pairwise_affinity_mse_reference  # noqa: E402
-from kernels.affinity_triton import cross_image_affinity_kl_triton, pairwise_affinity_mse_triton  # noqa: E402
-from kernels.contrast import patch_contrast_reference  # noqa: E402
-from kernels.contrast_triton import patch_contrast_triton  # noqa: E402
-from kernels.softmax_kl import softmax_kl_rows_reference  # noqa: E402
-from kernels.softmax_kl_triton import softmax_kl_rows_triton  # noqa: E402
+from segdistill import kernels  # noqa: E402
+from segdistill.kernels.affinity import cross_image_affinity_kl_reference, pairwise_affinity_mse_reference  # noqa: E402
+from segdistill.kernels.affinity_triton import cross_image_affinity_kl_triton, pairwise_affinity_mse_triton  # noqa: E402
+from segdistill.kernels.contrast import patch_contrast_reference  # noqa: E402
+from segdistill.kernels.contrast_triton import patch_contrast_triton  # noqa: E402
+from segdistill.kernels.softmax_kl import softmax_kl_rows_reference  # noqa: E402
+from segdistill.kernels.softmax_kl_triton import softmax_kl_rows_triton  # noqa: E402
 
 HALF_DTYPES = [torch.float16, torch.bfloat16]
 

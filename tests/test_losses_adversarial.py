@@ -19,12 +19,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from distill.config import LossConfig, parse_dataclass
-from distill.losses import LOSSES, LossContext, TaskLoss, build_criterion
-from distill.losses.discriminator import SAGANDiscriminator, SelfAttention
-from distill.models import SegOutput
-from distill.registry import ConfigError
-from distill.train import main
+from segdistill.config import LossConfig, parse_dataclass
+from segdistill.losses import LOSSES, LossContext, TaskLoss, build_criterion
+from segdistill.losses.discriminator import SAGANDiscriminator, SelfAttention
+from segdistill.models import SegOutput
+from segdistill.registry import ConfigError
+from segdistill.train import main
 from tests.helpers import ROOT, TINY, run_python, subprocess_env
 from tests.test_losses_relational import logged_scalars
 
@@ -251,7 +251,7 @@ def test_resume_with_discriminator_and_memory_gives_the_same_weights(tmp_path: P
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "distill.train", *args, f"output_dir={killed}"],
+        [sys.executable, "-m", "segdistill.train", *args, f"output_dir={killed}"],
         cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.time() + 300

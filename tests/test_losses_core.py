@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distill.config import LossConfig, ModelConfig
-from distill.losses import LossContext, TaskLoss, build_criterion
-from distill.losses.pixel_kd import PixelKD, PixelKDParams
-from distill.models import SegOutput, build_model
-from distill.registry import ConfigError
+from segdistill.config import LossConfig, ModelConfig
+from segdistill.losses import LossContext, TaskLoss, build_criterion
+from segdistill.losses.pixel_kd import PixelKD, PixelKDParams
+from segdistill.models import SegOutput, build_model
+from segdistill.registry import ConfigError
 
 IGNORE = 255
 NORMALIZATIONS = ("pixel_mean", "batch_sum", "element_mean")

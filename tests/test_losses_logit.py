@@ -18,11 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from distill.config import LossConfig, parse_dataclass
-from distill.losses import LOSSES, LossContext, TaskLoss, build_criterion
-from distill.models import SegOutput
-from distill.registry import ConfigError
-from distill.train import main
+from segdistill.config import LossConfig, parse_dataclass
+from segdistill.losses import LOSSES, LossContext, TaskLoss, build_criterion
+from segdistill.models import SegOutput
+from segdistill.registry import ConfigError
+from segdistill.train import main
 from tests.helpers import TINY
 
 IGNORE = 255

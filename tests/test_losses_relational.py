@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distill.config import LossConfig, parse_dataclass
-from distill.losses import LOSSES, LossContext, TaskLoss, build_criterion
-from distill.models import SegOutput
-from distill.registry import ConfigError
-from distill.tensorboard_scalars import logged_scalars
-from distill.train import main
+from segdistill.config import LossConfig, parse_dataclass
+from segdistill.losses import LOSSES, LossContext, TaskLoss, build_criterion
+from segdistill.models import SegOutput
+from segdistill.registry import ConfigError
+from segdistill.tensorboard_scalars import logged_scalars
+from segdistill.train import main
 from tests.helpers import TINY
 
 IGNORE = 255
@@ -407,7 +407,7 @@ def test_cirkd_memory_matches_formula(temperature: float) -> None:
 
 
 def test_cirkd_memory_zero_for_matching_embeddings() -> None:
-    from distill.losses.cirkd_memory import queue_kl
+    from segdistill.losses.cirkd_memory import queue_kl
 
     g = torch.Generator().manual_seed(12)
     anchors, memory = F.normalize(torch.randn(5, 4, generator=g), dim=1), F.normalize(torch.randn(7, 4, generator=g), dim=1)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from distill.metrics import ConfusionMatrix, SegMetrics
+from segdistill.metrics import ConfusionMatrix, SegMetrics
 
 IGNORE = 255
 

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from distill.checkpoint import CheckpointError, load_model, load_weights, save_model
-from distill.config import ModelConfig, config_to_dict
-from distill.data import DatasetInfo
-from distill.data.base import default_palette
-from distill.models import FEATURE_NAMES, SegOutput, build_model, check_model_config
-from distill.registry import ConfigError
+from segdistill.checkpoint import CheckpointError, load_model, load_weights, save_model
+from segdistill.config import ModelConfig, config_to_dict
+from segdistill.data import DatasetInfo
+from segdistill.data.base import default_palette
+from segdistill.models import FEATURE_NAMES, SegOutput, build_model, check_model_config
+from segdistill.registry import ConfigError
 
 B, K, SIZE = 2, 5, 32
 WEIGHTS = (

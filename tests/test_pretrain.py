@@ -16,14 +16,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from distill.config import ModelConfig
-from distill.data.base import DatasetError
-from distill.kdep import PooledFeature, fit_basis, kdep_loss, kdep_target, power_temperature_scaling
-from distill.models import build_model
-from distill.pretrain import load_pretrain_config
-from distill.pretrain import main as pretrain
-from distill.registry import ConfigError
-from distill.train import main as train
+from segdistill.config import ModelConfig
+from segdistill.data.base import DatasetError
+from segdistill.kdep import PooledFeature, fit_basis, kdep_loss, kdep_target, power_temperature_scaling
+from segdistill.models import build_model
+from segdistill.pretrain import load_pretrain_config
+from segdistill.pretrain import main as pretrain
+from segdistill.registry import ConfigError
+from segdistill.train import main as train
 from tests.helpers import ROOT, TINY
 
 TEACHER = "teacher={name: resnet10t, kwargs: {channels: [8, 16, 32, 48]}}"  # 48-d features

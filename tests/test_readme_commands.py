@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from deploy.artifact import read_artifact_info
+from segdistill.deploy.artifact import read_artifact_info
 from tests.helpers import ROOT, TINY, subprocess_env
 
 SIZE = (36, 48)  # H x W of the tiny CamVid images
@@ -61,7 +61,7 @@ def expected_trt_result() -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def readme_run(tmp_path_factory) -> tuple[Path, list[tuple[str, subprocess.CompletedProcess]]]:
     """The working folder after running every command of the block, and each command with its result."""
-    from distill.train import main as train
+    from segdistill.train import main as train
 
     tmp = tmp_path_factory.mktemp("readme")
     work = tmp / "repo"

@@ -8,10 +8,10 @@ import csv
 import json
 import math
 
-from distill.report import write_report
-from distill.study.results import StudyResult, TrialRecord, group_points
-from distill.study.space import parse_space
-from distill.study.tables import comparison_markdown, comparison_rows, energy_rows, grid_table
+from segdistill.study.report import write_report
+from segdistill.study.results import StudyResult, TrialRecord, group_points
+from segdistill.study.space import parse_space
+from segdistill.study.tables import comparison_markdown, comparison_rows, energy_rows, grid_table
 
 GRID = {"train.optimizer.lr": [0.01, 0.02], "train.optimizer.weight_decay": [0.0001, 0.001]}
 

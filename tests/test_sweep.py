@@ -15,11 +15,11 @@ import optuna
 import psutil
 import pytest
 
-from distill.registry import ConfigError
-from distill.study.space import check_against_config, load_space, parse_space
-from distill.study.storage import load_study, open_storage, read_study_file
-from distill.study.worker import build_sampler, duplicate_of
-from distill.sweep import parse_args, start
+from segdistill.registry import ConfigError
+from segdistill.study.space import check_against_config, load_space, parse_space
+from segdistill.study.storage import load_study, open_storage, read_study_file
+from segdistill.study.sweep import parse_args, start
+from segdistill.study.worker import build_sampler, duplicate_of
 from tests.helpers import ROOT, TINY, run_python, subprocess_env
 
 SPACE = """\
@@ -45,7 +45,7 @@ def trials(study_dir: Path) -> list[optuna.trial.FrozenTrial]:
 
 
 def sweep_command(space: Path, study_dir: Path) -> list[str]:
-    return [sys.executable, "distill/sweep.py", "--space", str(space), "--seeds", "2", "--workers", "2",
+    return [sys.executable, "study/sweep.py", "--space", str(space), "--seeds", "2", "--workers", "2",
             "--study", str(study_dir), "--heartbeat", "1", *RUN]  # fmt: skip
 
 
@@ -116,7 +116,7 @@ def test_two_workers_share_a_study_survive_a_kill_and_report(tmp_path):
         if not rapl_readable():
             assert energy["train"]["estimate"] is True and energy["eval"]["estimate"] is True
 
-    report = run_python(["distill/report.py", str(study_dir)], timeout=300)
+    report = run_python(["study/report.py", str(study_dir)], timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
     out = study_dir / "report"
     for name in ("report.md", "comparison.csv", "grid_study.csv", "energy.csv", "trials.csv", "heatmap_study.png", "comparison_synthetic_lcnet_050_fcn.png"):
@@ -135,7 +135,7 @@ def test_a_trial_claimed_by_a_worker_killed_before_its_first_heartbeat_is_retrie
     left a running trial that was never found stale, and every later worker waited for it forever."""
     space, study_dir = tmp_path / "space.yaml", tmp_path / "study"
     space.write_text("params:\n  train.optimizer.lr: [0.01]\n")
-    command = ["distill/sweep.py", "--space", str(space), "--seeds", "1", "--study", str(study_dir), "--heartbeat", "1", *RUN]
+    command = ["study/sweep.py", "--space", str(space), "--seeds", "1", "--study", str(study_dir), "--heartbeat", "1", *RUN]
     setup = read_study_file(start(parse_args(command[1:])))["setup"]
     study, _ = load_study(study_dir, build_sampler(parse_space(setup["space"], "space"), setup["seeds"]))
     with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna: heartbeats are meant for Study.optimize, as the workers use them

@@ -67,7 +67,7 @@ def postgres_url() -> Iterator[str]:
 
 
 def sweep(space: Path, study_dir: Path, *storage: str) -> list[str]:
-    return [sys.executable, "distill/sweep.py", "--space", str(space), "--seeds", "2", "--study", str(study_dir),
+    return [sys.executable, "study/sweep.py", "--space", str(space), "--seeds", "2", "--study", str(study_dir),
             "--name", NAME, *storage, "--heartbeat", "1", *RUN]  # fmt: skip
 
 
@@ -77,7 +77,7 @@ def start(command: list[str]) -> subprocess.Popen:
 
 def report_tables(study_dir: Path) -> dict[str, str]:
     """The report's results (comparison and grid, as CSV and Markdown); not its trial numbers, times or energy."""
-    done = run_python(["distill/report.py", str(study_dir)], timeout=300)
+    done = run_python(["study/report.py", str(study_dir)], timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     out = study_dir / "report"
     text = (out / "report.md").read_text()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from distill.data.synthetic import CLASSES, FIRST_OBJECT, SyntheticScenes
+from segdistill.data.synthetic import CLASSES, FIRST_OBJECT, SyntheticScenes
 
 
 def test_label_noise_relabels_objects_and_nothing_else() -> None:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
-from distill.checkpoint import save_model
-from distill.config import DataConfig, ModelConfig, TeacherConfig
-from distill.data.base import DatasetInfo
-from distill.data.synthetic import CLASSES, IGNORE_INDEX, PALETTE
-from distill.models import build_model
-from distill.teacher import Renormalize, build_teacher
+from segdistill.checkpoint import save_model
+from segdistill.config import DataConfig, ModelConfig, TeacherConfig
+from segdistill.data.base import DatasetInfo
+from segdistill.data.synthetic import CLASSES, IGNORE_INDEX, PALETTE
+from segdistill.models import build_model
+from segdistill.teacher import Renormalize, build_teacher
 
 INFO = DatasetInfo("synthetic", CLASSES, PALETTE, IGNORE_INDEX)
 MODEL = ModelConfig(backbone="lcnet_050", head="fcn", head_channels=16, output_stride=8)

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import torch
 
-from distill.data.synthetic import CLASSES
-from distill.teacher_entropy import main, pixel_entropy
+from segdistill.data.synthetic import CLASSES
+from segdistill.teacher_entropy import main, pixel_entropy
 
 
 def test_pixel_entropy_matches_a_loop_over_pixels():

@@ -14,14 +14,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill.atomic_files import current_umask
-from distill.checkpoint import CheckpointError, load_model, save_model, state_dirs
-from distill.config import ModelConfig
-from distill.data import DatasetInfo
-from distill.data.synthetic import CLASSES
-from distill.evaluate import main as evaluate
-from distill.registry import ConfigError
-from distill.train import NonFiniteLoss, main
+from segdistill.atomic_files import current_umask
+from segdistill.checkpoint import CheckpointError, load_model, save_model, state_dirs
+from segdistill.config import ModelConfig
+from segdistill.data import DatasetInfo
+from segdistill.data.synthetic import CLASSES
+from segdistill.evaluate import main as evaluate
+from segdistill.registry import ConfigError
+from segdistill.train import NonFiniteLoss, main
 from tests.helpers import ROOT, TINY, run_python, subprocess_env
 
 
@@ -62,12 +62,12 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path: Path) -> None:
     resumed run uses loader workers."""
     args = [*TINY, "train.iterations=12", "train.checkpoint_interval=3", "train.eval_interval=6", "model.dropout=0.3"]
     reference = tmp_path / "reference"
-    done = run_python(["-m", "distill.train", *args, f"output_dir={reference}"])
+    done = run_python(["-m", "segdistill.train", *args, f"output_dir={reference}"])
     assert done.returncode == 0, done.stderr[-2000:]
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "distill.train", *args, f"output_dir={killed}"],
+        [sys.executable, "-m", "segdistill.train", *args, f"output_dir={killed}"],
         cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
@@ -78,7 +78,7 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path: Path) -> None:
     proc.wait()
     assert not (killed / "final").exists()
 
-    resumed = run_python(["-m", "distill.train", *args, f"output_dir={killed}", "data.num_workers=2", "--resume"])
+    resumed = run_python(["-m", "segdistill.train", *args, f"output_dir={killed}", "data.num_workers=2", "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout
     a = load_file(reference / "final/model.safetensors")
@@ -106,7 +106,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path: Path) -> None
 
 
 def test_teacher_with_other_class_count_is_refused(tmp_path: Path) -> None:
-    from distill.models import build_model
+    from segdistill.models import build_model
 
     cfg = ModelConfig(backbone="lcnet_050", head="fcn", head_channels=16)
     info = DatasetInfo("other", tuple(f"c{i}" for i in range(5)), tuple((i, i, i) for i in range(5)), 255)
@@ -140,7 +140,7 @@ def test_gradient_accumulation_consumes_that_many_batches(tmp_path: Path) -> Non
 
 
 def test_bf16_mixed_precision_runs(tmp_path: Path) -> None:
-    done = run_python(["-m", "distill.train", *TINY, f"output_dir={tmp_path}", "train.mixed_precision=bf16", "train.iterations=2"])
+    done = run_python(["-m", "segdistill.train", *TINY, f"output_dir={tmp_path}", "train.mixed_precision=bf16", "train.iterations=2"])
     assert done.returncode == 0, done.stderr[-2000:]
     model, _ = load_model(tmp_path / "final")
     assert all(p.dtype == torch.float32 for p in model.parameters())

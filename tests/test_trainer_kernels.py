@@ -21,13 +21,13 @@ import torch
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
-import kernels
-import kernels.affinity_triton
-import kernels.contrast_triton
-import kernels.softmax_kl_triton
-from distill.registry import ConfigError
-from distill.tensorboard_scalars import logged_scalars
-from distill.train import main
+import segdistill.kernels.affinity_triton
+import segdistill.kernels.contrast_triton
+import segdistill.kernels.softmax_kl_triton
+from segdistill import kernels
+from segdistill.registry import ConfigError
+from segdistill.tensorboard_scalars import logged_scalars
+from segdistill.train import main
 from tests.helpers import TINY
 
 STEPS = 2
@@ -35,15 +35,15 @@ TOLERANCE = 1e-3
 
 # loss list, extra overrides (accumulation, autocast), the Triton entry point the loss must reach
 CASES = {
-    "pixel_kd": ("[{name: pixel_kd, weight: 1.0, params: {tau: 2.0}}]", ["train.grad_accum=2"], kernels.softmax_kl_triton, "softmax_kl_rows_triton"),
-    "cwd": ("[{name: cwd, weight: 3.0}]", [], kernels.softmax_kl_triton, "softmax_kl_rows_triton"),
-    "hwd": ("[{name: hwd, weight: 3.0}]", ["train.mixed_precision=bf16"], kernels.softmax_kl_triton, "softmax_kl_rows_triton"),
+    "pixel_kd": ("[{name: pixel_kd, weight: 1.0, params: {tau: 2.0}}]", ["train.grad_accum=2"], segdistill.kernels.softmax_kl_triton, "softmax_kl_rows_triton"),
+    "cwd": ("[{name: cwd, weight: 3.0}]", [], segdistill.kernels.softmax_kl_triton, "softmax_kl_rows_triton"),
+    "hwd": ("[{name: hwd, weight: 3.0}]", ["train.mixed_precision=bf16"], segdistill.kernels.softmax_kl_triton, "softmax_kl_rows_triton"),
     "afdcd": (
         "[{name: afdcd, student: head, teacher: head, params: {pool: 1, patch: 4, groups: 4, lambda_contrast: 1.0}}]",
-        ["train.mixed_precision=bf16", "train.grad_accum=2"], kernels.contrast_triton, "patch_contrast_triton",
+        ["train.mixed_precision=bf16", "train.grad_accum=2"], segdistill.kernels.contrast_triton, "patch_contrast_triton",
     ),
-    "skd_pairwise": ("[{name: skd_pairwise, weight: 0.5}]", ["train.grad_accum=2"], kernels.affinity_triton, "pairwise_affinity_mse_triton"),
-    "cirkd_minibatch": ("[{name: cirkd_minibatch, weight: 1.0}]", ["train.mixed_precision=bf16"], kernels.affinity_triton, "cross_image_affinity_kl_triton"),
+    "skd_pairwise": ("[{name: skd_pairwise, weight: 0.5}]", ["train.grad_accum=2"], segdistill.kernels.affinity_triton, "pairwise_affinity_mse_triton"),
+    "cirkd_minibatch": ("[{name: cirkd_minibatch, weight: 1.0}]", ["train.mixed_precision=bf16"], segdistill.kernels.affinity_triton, "cross_image_affinity_kl_triton"),
 }  # fmt: skip
 
 

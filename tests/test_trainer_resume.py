@@ -18,10 +18,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from distill.checkpoint import CheckpointError, state_dirs
-from distill.data import DatasetError
-from distill.registry import ConfigError
-from distill.train import NonFiniteLoss, main, parse_args
+from segdistill.checkpoint import CheckpointError, state_dirs
+from segdistill.data import DatasetError
+from segdistill.registry import ConfigError
+from segdistill.train import NonFiniteLoss, main, parse_args
 from tests.helpers import ROOT, TINY, run_python, subprocess_env
 from tests.test_datasets import make_camvid
 
@@ -91,7 +91,7 @@ def test_resuming_an_older_checkpoint_moves_the_later_ones_aside(tmp_path: Path,
 def test_second_run_on_a_busy_folder_stops_and_a_killed_runs_folder_resumes(tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = [*TINY, f"output_dir={run}", "train.iterations=100000", "train.checkpoint_interval=1", "train.eval_interval=100000"]
-    first = subprocess.Popen([sys.executable, "-m", "distill.train", *args], cwd=ROOT, env=subprocess_env(),
+    first = subprocess.Popen([sys.executable, "-m", "segdistill.train", *args], cwd=ROOT, env=subprocess_env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.time() + 300
@@ -99,14 +99,14 @@ def test_second_run_on_a_busy_folder_stops_and_a_killed_runs_folder_resumes(tmp_
             time.sleep(0.05)
         assert first.poll() is None and state_dirs(run), "the first run did not get to its first checkpoint"
         config = (run / "config.yaml").read_bytes()
-        second = run_python(["-m", "distill.train", *TINY, f"output_dir={run}", "seed=2", "--resume"])
+        second = run_python(["-m", "segdistill.train", *TINY, f"output_dir={run}", "seed=2", "--resume"])
         assert f"is in use by process {first.pid} on host" in one_line_error(second)
         assert (run / "config.yaml").read_bytes() == config
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
     # the kernel released the killed run's lock: its folder resumes at once
-    resumed = run_python(["-m", "distill.train", *TINY, f"output_dir={run}", "train.iterations=1", "--resume"])
+    resumed = run_python(["-m", "segdistill.train", *TINY, f"output_dir={run}", "train.iterations=1", "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout
 
@@ -119,7 +119,7 @@ def test_a_pickle_that_is_not_tensors_is_refused_in_one_line(tmp_path: Path, key
     marker, weights = tmp_path / "pickle_code_ran", tmp_path / "weights.pth"
     torch.save({"conv.weight": Evil(marker)}, weights)
     extra = ["losses=[{name: pixel_kd}]", "teacher.model={backbone: lcnet_050, head: fcn, head_channels: 16}"]
-    done = run_python(["-m", "distill.train", *TINY, f"output_dir={tmp_path / 'run'}", f"{key}={weights}",
+    done = run_python(["-m", "segdistill.train", *TINY, f"output_dir={tmp_path / 'run'}", f"{key}={weights}",
                        *(extra if key == "teacher.weights" else [])])  # fmt: skip
     line = one_line_error(done)
     assert str(weights) in line and "never unpickled" in line and "weights_only" not in done.stderr
@@ -129,7 +129,7 @@ def test_a_pickle_that_is_not_tensors_is_refused_in_one_line(tmp_path: Path, key
 def test_a_tampered_optimizer_state_is_refused_in_one_line(run: Path, tmp_path: Path) -> None:
     marker = tmp_path / "pickle_code_ran"
     torch.save({"state": Evil(marker)}, run / "checkpoints/step_0000004/optimizer.bin")
-    line = one_line_error(run_python(["-m", "distill.train", *TINY, f"output_dir={run}", "--resume"]))
+    line = one_line_error(run_python(["-m", "segdistill.train", *TINY, f"output_dir={run}", "--resume"]))
     assert "step_0000004" in line and "never unpickled" in line and "weights_only" not in line
     assert not marker.exists(), "the checkpoint's pickle was executed"
 
@@ -148,7 +148,7 @@ def test_a_full_disk_ends_in_one_line_and_leaves_no_temporary(tmp_path: Path, fi
     run = tmp_path / "run"
     # evaluating first writes best/ first; else the training state of step 2 is the first large file
     evals = "train.eval_interval=2" if first_write == "best" else "train.eval_interval=4"
-    command = [sys.executable, "-m", "distill.train", *TINY, f"output_dir={run}", evals]
+    command = [sys.executable, "-m", "segdistill.train", *TINY, f"output_dir={run}", evals]
 
     def limit_file_size() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
@@ -234,5 +234,5 @@ def test_a_two_process_checkpoint_is_not_resumed_by_one_process(tmp_path: Path) 
     done = run_python([*launch, "distill/train.py", *TINY, f"output_dir={tmp_path}", "train.iterations=2"])
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert json.loads((tmp_path / "checkpoints/step_0000002/progress.json").read_text())["processes"] == 2
-    line = one_line_error(run_python(["-m", "distill.train", *TINY, f"output_dir={tmp_path}", "--resume"]))
+    line = one_line_error(run_python(["-m", "segdistill.train", *TINY, f"output_dir={tmp_path}", "--resume"]))
     assert "written by 2 process(es), and this run has 1" in line and "--num_processes 2" in line

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from distill.config import load_config
-from distill.losses import LossContext, TaskLoss, build_criterion
-from distill.models import build_model
-from distill.train import Objective
-from distill.unreached import freeze_unreached
+from segdistill.config import load_config
+from segdistill.losses import LossContext, TaskLoss, build_criterion
+from segdistill.models import build_model
+from segdistill.train import Objective
+from segdistill.unreached import freeze_unreached
 from tests.helpers import TINY
 
 

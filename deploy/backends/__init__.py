@@ -15,13 +15,17 @@ from pathlib import Path
 
 import torch
 
-from deploy.artifact import ArtifactError, check_parity_passed, read_artifact_info
-from deploy.backends.ort_session import PROVIDERS, OnnxRuntimePredictor
-from deploy.backends.torch_modules import eager_predictor, torch_export_predictor, torchscript_predictor
-from deploy.backends.trt_engine import TensorRTPredictor
-from deploy.predictor import Predictor
-from distill.checkpoint import META_NAME
-from distill.registry import unknown_choice
+from segdistill.checkpoint import META_NAME
+from segdistill.deploy.artifact import ArtifactError, check_parity_passed, read_artifact_info
+from segdistill.deploy.backends.ort_session import PROVIDERS, OnnxRuntimePredictor
+from segdistill.deploy.backends.torch_modules import (
+    eager_predictor,
+    torch_export_predictor,
+    torchscript_predictor,
+)
+from segdistill.deploy.backends.trt_engine import TensorRTPredictor
+from segdistill.deploy.predictor import Predictor
+from segdistill.registry import unknown_choice
 
 # backend -> the artifact kind it opens
 BACKEND_KINDS = {"torchscript": "torchscript", "torch-export": "torch_export", **dict.fromkeys(PROVIDERS, "onnx"), "tensorrt": "tensorrt"}

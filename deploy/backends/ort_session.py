@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from deploy.artifact import ArtifactError, ArtifactInfo
-from deploy.predictor import Predictor
+from segdistill.deploy.artifact import ArtifactError, ArtifactInfo
+from segdistill.deploy.predictor import Predictor
 
 PROVIDERS = {
     "ort-cpu": "CPUExecutionProvider",

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deploy.artifact import ArtifactInfo
-from deploy.predictor import Predictor
-from deploy.wrapper import load_deploy_model
+from segdistill.deploy.artifact import ArtifactInfo
+from segdistill.deploy.predictor import Predictor
+from segdistill.deploy.wrapper import load_deploy_model
 
 
 class TorchPredictor(Predictor):

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from deploy.artifact import ArtifactError, ArtifactInfo
-from deploy.predictor import Predictor
-from deploy.shapes import ImageShape
+from segdistill.deploy.artifact import ArtifactError, ArtifactInfo
+from segdistill.deploy.predictor import Predictor
+from segdistill.deploy.shapes import ImageShape
 
 SUPPORTED = ((10, 3), (12, 0))  # TensorRT 10.3 (JetPack 6) up to, not including, 12
 INSTALL_HINT = (

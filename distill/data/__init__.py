@@ -7,15 +7,15 @@ from collections.abc import Callable
 
 from torch.utils.data import Dataset
 
-from distill.data.ade20k import ade20k
-from distill.data.base import DatasetError, DatasetInfo
-from distill.data.camvid import camvid
-from distill.data.cityscapes import cityscapes
-from distill.data.cocostuff import cocostuff
-from distill.data.folder import image_folder
-from distill.data.synthetic import SyntheticScenes
-from distill.data.voc import voc
-from distill.registry import ConfigError, Registry
+from segdistill.data.ade20k import ade20k
+from segdistill.data.base import DatasetError, DatasetInfo
+from segdistill.data.camvid import camvid
+from segdistill.data.cityscapes import cityscapes
+from segdistill.data.cocostuff import cocostuff
+from segdistill.data.folder import image_folder
+from segdistill.data.synthetic import SyntheticScenes
+from segdistill.data.voc import voc
+from segdistill.registry import ConfigError, Registry
 
 DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
 

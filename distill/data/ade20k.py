@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.data.base import DatasetError, DatasetInfo, SegmentationDataset, pair_files, require_dir
+from segdistill.data.base import DatasetError, DatasetInfo, SegmentationDataset, pair_files, require_dir
 
 CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",

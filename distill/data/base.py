@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from distill.registry import ConfigError
+from segdistill.registry import ConfigError
 
 
 class DatasetError(ConfigError):
@@ -90,7 +90,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     """Image/label pairs on disk. ``label_map`` (a lookup table) turns stored values into train ids.
 
     Items are ``(image, label)``: a uint8 tensor (3, H, W) and an int64 tensor (H, W). Augmentation is
-    applied by :class:`distill.data.loader.TransformedDataset`, not here.
+    applied by :class:`segdistill.data.loader.TransformedDataset`, not here.
     """
 
     def __init__(

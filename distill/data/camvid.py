@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distill.data.base import DatasetInfo, SegmentationDataset, read_split_list, require_dir
+from segdistill.data.base import DatasetInfo, SegmentationDataset, read_split_list, require_dir
 
 CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist")
 PALETTE = (

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.data.base import DatasetInfo, SegmentationDataset, pair_files, require_dir
+from segdistill.data.base import DatasetInfo, SegmentationDataset, pair_files, require_dir
 
 CLASSES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.data.base import DatasetError, DatasetInfo, SegmentationDataset, pair_files, require_dir
+from segdistill.data.base import DatasetError, DatasetInfo, SegmentationDataset, pair_files, require_dir
 
 CLASSES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",

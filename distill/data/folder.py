@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from distill.data.base import DatasetError, DatasetInfo, SegmentationDataset, default_palette, require_dir
-from distill.registry import ConfigError
+from segdistill.data.base import DatasetError, DatasetInfo, SegmentationDataset, default_palette, require_dir
+from segdistill.registry import ConfigError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 LAYOUT = """ROOT/

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from distill.data import transforms as T
+from segdistill.data import transforms as T
 
 
 @dataclass

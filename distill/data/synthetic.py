@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from distill.data.base import DatasetInfo
+from segdistill.data.base import DatasetInfo
 
 # Object textures: (pattern, period in pixels). Similar periods make the classes hard to tell apart.
 TEXTURES = {

@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from distill.data.base import DatasetError, read_image
-from distill.data.synthetic import SyntheticScenes
+from segdistill.data.base import DatasetError, read_image
+from segdistill.data.synthetic import SyntheticScenes
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distill.data.base import DatasetError, DatasetInfo, SegmentationDataset, default_palette, require_dir
+from segdistill.data.base import DatasetError, DatasetInfo, SegmentationDataset, default_palette, require_dir
 
 CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -1,7 +1,7 @@
 """Losses: the task loss and the registry of distillation losses (docs/loss_math.md)."""
 
 # importing a loss module registers its losses
-from distill.losses import (  # noqa: F401
+from segdistill.losses import (  # noqa: F401
     afdcd,
     angular,
     cirkd_memory,
@@ -16,9 +16,9 @@ from distill.losses import (  # noqa: F401
     skd_adversarial,
     skd_pairwise,
 )
-from distill.losses.base import DistillLoss, LossContext
-from distill.losses.criterion import Criterion, build_criterion, build_loss_params
-from distill.losses.registry import LOSSES
-from distill.losses.task import TaskLoss
+from segdistill.losses.base import DistillLoss, LossContext
+from segdistill.losses.criterion import Criterion, build_criterion, build_loss_params
+from segdistill.losses.registry import LOSSES
+from segdistill.losses.task import TaskLoss
 
 __all__ = ["LOSSES", "Criterion", "DistillLoss", "LossContext", "TaskLoss", "build_criterion", "build_loss_params"]

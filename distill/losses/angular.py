@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from distill.losses.connectors import AdapterKind, require_positive
-from distill.losses.feature import AdaptedFeatureLoss
-from distill.losses.registry import LOSSES
+from segdistill.losses.connectors import AdapterKind, require_positive
+from segdistill.losses.feature import AdaptedFeatureLoss
+from segdistill.losses.registry import LOSSES
 
 
 @dataclass

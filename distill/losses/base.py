@@ -61,7 +61,7 @@ class AdversarialLoss(DistillLoss):
 
     ``forward`` is the student's (generator's) term: it reads the discriminator without training it.
     ``discriminator_loss`` is what the discriminator minimises; the trainer calls it (through
-    :class:`distill.losses.criterion.Adversary`) after the student's backward and steps the
+    :class:`segdistill.losses.criterion.Adversary`) after the student's backward and steps the
     discriminator with its own optimiser. The discriminator is deliberately not a registered submodule
     of the loss, so the student's optimiser, gradient clipping and DDP wrapper never see it; the
     ``Adversary`` registers it, and the trainer prepares that with Accelerate and saves it with the

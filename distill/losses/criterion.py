@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from distill.config import LossConfig, parse_dataclass
-from distill.losses.base import AdversarialLoss, DistillLoss, LossContext
-from distill.losses.registry import LOSSES
-from distill.losses.task import TaskLoss
-from distill.models import SegOutput
-from distill.registry import ConfigError
+from segdistill.config import LossConfig, parse_dataclass
+from segdistill.losses.base import AdversarialLoss, DistillLoss, LossContext
+from segdistill.losses.registry import LOSSES
+from segdistill.losses.task import TaskLoss
+from segdistill.models import SegOutput
+from segdistill.registry import ConfigError
 
 
 def build_loss_params(cfg: LossConfig, where: str):

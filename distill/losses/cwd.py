@@ -23,10 +23,10 @@ from typing import Literal
 
 import torch
 
-from distill.losses.base import DistillLoss, LossContext
-from distill.losses.connectors import AdapterKind, StudentConnector, require_positive
-from distill.losses.registry import LOSSES
-from kernels import spatial_softmax_kl
+from segdistill.kernels import spatial_softmax_kl
+from segdistill.losses.base import DistillLoss, LossContext
+from segdistill.losses.connectors import AdapterKind, StudentConnector, require_positive
+from segdistill.losses.registry import LOSSES
 
 
 @dataclass

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from distill.losses.base import DistillLoss, LossContext
-from distill.losses.connectors import match_size, require_positive, require_same_channels
-from distill.losses.registry import LOSSES
+from segdistill.losses.base import DistillLoss, LossContext
+from segdistill.losses.connectors import match_size, require_positive, require_same_channels
+from segdistill.losses.registry import LOSSES
 
 EPS = 1e-8  # in the denominator of the correlation, as in the official code
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from distill.losses.base import DistillLoss, LossContext
-from distill.losses.connectors import AdapterKind, StudentConnector
-from distill.losses.registry import LOSSES
+from segdistill.losses.base import DistillLoss, LossContext
+from segdistill.losses.connectors import AdapterKind, StudentConnector
+from segdistill.losses.registry import LOSSES
 
 
 @dataclass

@@ -23,10 +23,10 @@ from typing import Literal
 
 import torch
 
-from distill.losses.base import DistillLoss, LossContext
-from distill.losses.connectors import match_size, require_positive, require_same_channels
-from distill.losses.registry import LOSSES
-from kernels import class_softmax_kl
+from segdistill.kernels import class_softmax_kl
+from segdistill.losses.base import DistillLoss, LossContext
+from segdistill.losses.connectors import match_size, require_positive, require_same_channels
+from segdistill.losses.registry import LOSSES
 
 
 @dataclass

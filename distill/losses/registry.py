@@ -1,5 +1,5 @@
 """The one loss registry: name -> :class:`DistillLoss` subclass."""
 
-from distill.registry import Registry
+from segdistill.registry import Registry
 
 LOSSES: Registry = Registry("loss")

@@ -29,10 +29,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from distill.losses.base import DistillLoss, LossContext
-from distill.losses.registry import LOSSES
-from distill.registry import ConfigError
-from kernels import pairwise_affinity_mse
+from segdistill.kernels import pairwise_affinity_mse
+from segdistill.losses.base import DistillLoss, LossContext
+from segdistill.losses.registry import LOSSES
+from segdistill.registry import ConfigError
 
 
 @dataclass

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.models import SegOutput
+from segdistill.models import SegOutput
 
 
 def upsample_to(logits: torch.Tensor, size: torch.Size) -> torch.Tensor:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from torch import nn
 
-from distill.models.backbones import build_backbone, check_backbone
-from distill.models.heads import HEADS, build_head
-from distill.models.output import FEATURE_NAMES, TENSOR_NAMES, SegOutput
-from distill.models.segmentor import Segmentor, aux_fcn_head
-from distill.models.torchvision_seg import TORCHVISION_SEGMENTATION, TorchvisionSegmentor
-from distill.registry import ConfigError, unknown_choice
+from segdistill.models.backbones import build_backbone, check_backbone
+from segdistill.models.heads import HEADS, build_head
+from segdistill.models.output import FEATURE_NAMES, TENSOR_NAMES, SegOutput
+from segdistill.models.segmentor import Segmentor, aux_fcn_head
+from segdistill.models.torchvision_seg import TORCHVISION_SEGMENTATION, TorchvisionSegmentor
+from segdistill.registry import ConfigError, unknown_choice
 
 
 def check_model_config(cfg, where: str = "model") -> None:
-    """Validate names and files of a :class:`distill.config.ModelConfig` without building it."""
+    """Validate names and files of a :class:`segdistill.config.ModelConfig` without building it."""
     if cfg.torchvision_model is not None:
         if cfg.torchvision_model not in TORCHVISION_SEGMENTATION:
             raise unknown_choice("torchvision segmentation model", cfg.torchvision_model, TORCHVISION_SEGMENTATION, f"{where}.torchvision_model")

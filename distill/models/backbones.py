@@ -23,8 +23,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from distill.registry import ConfigError, unknown_choice
-from distill.safe_load import LOAD_ERRORS, UnreadableTensors, load_tensors, refusal_reason
+from segdistill.registry import ConfigError, unknown_choice
+from segdistill.safe_load import LOAD_ERRORS, UnreadableTensors, load_tensors, refusal_reason
 
 TORCHVISION_PREFIX = "torchvision:"
 TORCHVISION_RESNETS = (

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.registry import ConfigError, Registry
+from segdistill.registry import ConfigError, Registry
 
 HEADS: Registry[Callable[..., DecodeHead]] = Registry("head")
 

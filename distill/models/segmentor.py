@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distill.models.backbones import Backbone
-from distill.models.heads import DecodeHead, FCNHead
-from distill.models.output import SegOutput
+from segdistill.models.backbones import Backbone
+from segdistill.models.heads import DecodeHead, FCNHead
+from segdistill.models.output import SegOutput
 
 
 class Segmentor(nn.Module):

@@ -10,7 +10,7 @@ import torch
 import torchvision.models.segmentation as tvseg
 from torch import nn
 
-from distill.models.output import SegOutput
+from segdistill.models.output import SegOutput
 
 TORCHVISION_SEGMENTATION = ("deeplabv3_resnet50", "deeplabv3_resnet101", "fcn_resnet50", "fcn_resnet101")
 

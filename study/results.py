@@ -10,10 +10,10 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from distill.config import load_config
-from distill.study.space import override
-from distill.study.storage import STUDY_FILE, load_study
-from distill.study.worker import SEED
+from segdistill.config import load_config
+from segdistill.study.space import override
+from segdistill.study.storage import STUDY_FILE, load_study
+from segdistill.study.worker import SEED
 
 
 @dataclass

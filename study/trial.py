@@ -1,4 +1,4 @@
-"""One trial = one ordinary training run (``python -m distill.train``) in its own process and run folder.
+"""One trial = one ordinary training run (``python -m segdistill.train``) in its own process and run folder.
 
 A separate process means a crash, a ``NonFiniteLoss`` or an out-of-memory kill of the run ends that trial
 only; its error is read back from its log. On Linux the run is killed with its worker (PR_SET_PDEATHSIG),
@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from distill.checkpoint import state_dirs
-from distill.processes import die_with_parent
+from segdistill.checkpoint import state_dirs
+from segdistill.processes import die_with_parent
 
 LOG_NAME = "train.log"
 
@@ -38,7 +38,7 @@ def run_training(config: str | None, overrides: list[str], run_dir: Path, env: d
 
     Raises :class:`TrialError` with the run's error when the process fails."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "distill.train", *(["--config", config] if config else []), *overrides, f"output_dir={run_dir}"]
+    command = [sys.executable, "-m", "segdistill.train", *(["--config", config] if config else []), *overrides, f"output_dir={run_dir}"]
     if state_dirs(run_dir):  # a killed attempt's checkpoints (the trainer resumes the latest)
         command.append("--resume")
     log = run_dir / LOG_NAME

@@ -1,6 +1,6 @@
 """Turn one or more studies into the paper-style report: Markdown + CSV tables and plots.
 
-    python distill/report.py STUDY [STUDY ...] [--output DIR]
+    python study/report.py STUDY [STUDY ...] [--output DIR]
 
 * the final comparison: each study's method at its own best point, mean ± std over seeds, the best in
   bold and those within one standard deviation of it underlined, per dataset and student
@@ -22,11 +22,11 @@ import re
 import sys
 from pathlib import Path
 
-from distill.registry import ConfigError
-from distill.study.figures import comparison_bars, grid_heatmap
-from distill.study.results import StudyResult, read_study
-from distill.study.space import describe_params
-from distill.study.tables import (
+from segdistill.registry import ConfigError
+from segdistill.study.figures import comparison_bars, grid_heatmap
+from segdistill.study.results import StudyResult, read_study
+from segdistill.study.space import describe_params
+from segdistill.study.tables import (
     comparison_markdown,
     comparison_rows,
     energy_markdown,
@@ -103,7 +103,7 @@ def write_report(results: list[StudyResult], out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("studies", nargs="+", help="study folders (made by distill/sweep.py)")
+    parser.add_argument("studies", nargs="+", help="study folders (made by study/sweep.py)")
     parser.add_argument("--output", help="report folder (default STUDY/report, or runs/report for several)")
     args = parser.parse_args(argv)
     results = [read_study(folder) for folder in args.studies]

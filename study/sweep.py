@@ -1,6 +1,6 @@
 """Sweep config keys (learning rate, weight decay, tau, loss weights, ...) over several seeds per point.
 
-    python distill/sweep.py --config BASE.yaml --space SPACE.yaml --seeds 3 [--workers N] \
+    python study/sweep.py --config BASE.yaml --space SPACE.yaml --seeds 3 [--workers N] \
         [--study runs/studies/NAME] [--storage postgresql://USER@HOST/DB] [--base-from PREVIOUS_STUDY] [key=value ...]
 
 Each trial is one ordinary run of distill/train.py (in its own process and run folder, STUDY/runs/NNNN)
@@ -10,7 +10,7 @@ machines: run the same command on each). A trial that crashes is recorded as fai
 the study goes on; running the command again resumes the study: finished trials are kept, trials whose
 worker was killed are run again (resuming their checkpoints). ``--base-from STUDY`` starts from the best
 point (mean over seeds) of an earlier study, e.g. stage 2 of the protocol on top of stage 1.
-Then: ``python distill/report.py STUDY``.
+Then: ``python study/report.py STUDY``.
 """
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ import sys
 import time
 from pathlib import Path
 
-from distill.processes import die_with_parent
-from distill.registry import ConfigError
-from distill.study.space import check_against_config, load_space
-from distill.study.storage import create_study, default_storage
-from distill.study.worker import run_worker
+from segdistill.processes import die_with_parent
+from segdistill.registry import ConfigError
+from segdistill.study.space import check_against_config, load_space
+from segdistill.study.storage import create_study, default_storage
+from segdistill.study.worker import run_worker
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="base YAML experiment file of every trial")
-    parser.add_argument("--space", help="YAML search space (see distill/study/space.py)")
+    parser.add_argument("--space", help="YAML search space (see study/space.py)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per point: 0 .. N-1 (default 3)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     parser.add_argument("--study", help="study folder (default runs/studies/<space file name>)")
@@ -54,7 +54,7 @@ def worker_env(workers: int) -> dict[str, str]:
 
 def base_overrides(base_from: list[str]) -> tuple[list[str], list[dict]]:
     """The overrides that reproduce the best point of each earlier study, and a note of where they came from."""
-    from distill.study.results import read_study
+    from segdistill.study.results import read_study
 
     overrides, sources = [], []
     for folder in base_from:
@@ -90,12 +90,12 @@ def main(argv: list[str] | None = None) -> Path:
         return Path(args.worker)
     study_dir = start(args)
     began = time.perf_counter()
-    print(f"study {study_dir} ({args.workers} worker(s) here); report: python distill/report.py {study_dir}", flush=True)
+    print(f"study {study_dir} ({args.workers} worker(s) here); report: python study/report.py {study_dir}", flush=True)
     if args.workers == 1:
         run_worker(study_dir, worker_env(1))
     else:
         env = {**os.environ, "SEGDISTILL_SWEEP_WORKERS": str(args.workers)}
-        command = [sys.executable, "-m", "distill.sweep", "--worker", str(study_dir)]
+        command = [sys.executable, "-m", "segdistill.study.sweep", "--worker", str(study_dir)]
         preexec = die_with_parent if sys.platform == "linux" else None
         workers = [subprocess.Popen(command, env=env, preexec_fn=preexec) for _ in range(args.workers)]
         codes = [w.wait() for w in workers]

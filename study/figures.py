@@ -12,8 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from distill.study.results import StudyResult  # noqa: E402
-from distill.study.space import short  # noqa: E402
+from segdistill.study.results import StudyResult  # noqa: E402
+from segdistill.study.space import short  # noqa: E402
 
 
 def grid_heatmap(result: StudyResult, path: Path) -> None:

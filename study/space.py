@@ -26,8 +26,8 @@ from typing import Any
 
 import yaml
 
-from distill.config import load_config
-from distill.registry import ConfigError
+from segdistill.config import load_config
+from segdistill.registry import ConfigError
 
 SAMPLERS = ("grid", "tpe", "random")
 SCALAR = (str, int, float, bool, type(None))

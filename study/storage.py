@@ -36,8 +36,8 @@ from optuna.trial import TrialState
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 
-from distill.atomic_files import atomic_write_text
-from distill.registry import ConfigError
+from segdistill.atomic_files import atomic_write_text
+from segdistill.registry import ConfigError
 
 STUDY_FILE = "study.json"
 MAX_RETRIES = 3  # a trial whose worker keeps dying (e.g. killed for memory) is not retried forever
@@ -126,7 +126,7 @@ def create_study(study_dir: Path, name: str, url: str, setup: dict[str, Any], he
 def read_study_file(study_dir: Path) -> dict[str, Any]:
     path = study_dir / STUDY_FILE
     if not path.is_file():
-        raise ConfigError(f"{str(study_dir)!r} is not a study folder: {str(path)!r} does not exist (run distill/sweep.py first)")
+        raise ConfigError(f"{str(study_dir)!r} is not a study folder: {str(path)!r} does not exist (run study/sweep.py first)")
     return json.loads(path.read_text())
 
 

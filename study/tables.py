@@ -10,8 +10,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from distill.study.results import Point, StudyResult
-from distill.study.space import describe_params, short, shown
+from segdistill.study.results import Point, StudyResult
+from segdistill.study.space import describe_params, short, shown
 
 
 def pct(value: float) -> str:

@@ -17,9 +17,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from distill.study.space import SearchSpace, describe_params, override, parse_space
-from distill.study.storage import load_study, read_study_file
-from distill.study.trial import TrialError, run_training
+from segdistill.study.space import SearchSpace, describe_params, override, parse_space
+from segdistill.study.storage import load_study, read_study_file
+from segdistill.study.trial import TrialError, run_training
 
 SEED = "seed"
 POLL_S = 5  # seconds between looks at a study whose remaining trials run elsewhere

@@ -1,7 +1,7 @@
 """Benchmark of the distillation kernels at Cityscapes scale (512x1024 crops, batch 2 per device).
 
-    python kernels/bench.py                  # CPU: memory-lean references vs the published materialising forms
-    python kernels/bench.py --device cuda    # GPU: Triton vs PyTorch eager and torch.compile, bandwidth, FLOP/s
+    python benchmarks/kernels.py                  # CPU: memory-lean references vs the published materialising forms
+    python benchmarks/kernels.py --device cuda    # GPU: Triton vs PyTorch eager and torch.compile, bandwidth, FLOP/s
 
 Every row is forward + backward of one loss core (gradients to the student only). Memory is reported
 as the total peak and the working memory (peak minus the inputs and the student gradient, which no
@@ -28,10 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-if __package__ in (None, ""):  # run as a script: python kernels/bench.py
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from kernels import (  # noqa: E402
+from segdistill.kernels import (
     class_softmax_kl,
     cross_image_affinity_kl,
     naive,
