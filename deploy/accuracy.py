@@ -13,13 +13,14 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from segdistill.config import DataConfig, parse_dataclass
+from segdistill.config import DataConfig
 from segdistill.data import build_dataset
 from segdistill.deploy.artifact import ArtifactError, ArtifactInfo
 from segdistill.deploy.predictor import Predictor
 from segdistill.deploy.shapes import ImageShape
+from segdistill.errors import ConfigError
 from segdistill.metrics import ConfusionMatrix, SegMetrics
-from segdistill.registry import ConfigError
+from segdistill.parsing import parse_dataclass
 
 
 def open_dataset(spec: str | None, data_settings: dict[str, Any], split: str | None = None) -> Dataset:

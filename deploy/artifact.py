@@ -17,7 +17,7 @@ from typing import Any
 
 from segdistill.atomic_files import atomic_write_text
 from segdistill.checkpoint import sha256_of
-from segdistill.registry import ConfigError
+from segdistill.errors import ConfigError
 
 FORMAT = "segdistill-artifact/1"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from segdistill.registry import ConfigError
+from segdistill.errors import ConfigError
 
 
 @dataclass(frozen=True)

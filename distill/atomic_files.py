@@ -20,7 +20,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from segdistill.registry import ConfigError
+from segdistill.errors import ConfigError
 
 # Why a write fails when the output folder is the problem, not the program.
 NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}

@@ -29,9 +29,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from segdistill.atomic_files import atomic_write, atomic_write_text, current_umask, writing
-from segdistill.config import ModelConfig, config_to_dict, parse_dataclass
+from segdistill.config import ModelConfig, config_to_dict
+from segdistill.errors import ConfigError
 from segdistill.models import build_model
-from segdistill.registry import ConfigError
+from segdistill.parsing import parse_dataclass
 from segdistill.safe_load import LOAD_ERRORS, UnreadableTensors, load_tensors, refusal_reason
 
 FORMAT = "segdistill-model/1"
@@ -77,6 +78,8 @@ def save_model(model: nn.Module, directory: str | Path, model_cfg: ModelConfig, 
 def resolve_model_path(path: str | Path) -> tuple[Path, Path]:
     """(weights, metadata) for a folder, a ``.safetensors`` or a ``.json`` path."""
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist (a model checkpoint is a folder with {WEIGHTS_NAME} and {META_NAME})")
     directory = path if path.is_dir() else path.parent
     weights, meta = directory / WEIGHTS_NAME, directory / META_NAME
     if path.suffix == ".safetensors":

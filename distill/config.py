@@ -9,17 +9,15 @@ key by key, while a list (``losses:``) replaces the base's list whole, as in Ome
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 
 from segdistill.atomic_files import atomic_write_text
-from segdistill.registry import ConfigError
+from segdistill.errors import ConfigError
+from segdistill.parsing import parse_dataclass
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -101,6 +99,9 @@ class LossConfig:
     student: str | None = None
     teacher: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    # The loss's typed Params, parsed from `params` once, when the config is validated (losses/criterion.py
+    # loss_params); not a key of the file.
+    parsed_params: Any = field(default=None, init=False, repr=False, compare=False)
 
 
 @dataclass
@@ -193,103 +194,6 @@ class Config:
     losses: list[LossConfig] = field(default_factory=list)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Parsing
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    if origin in (list, tuple):
-        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        inner = _type_name(args[0]) if args else "any"
-        if origin is tuple and Ellipsis not in typing.get_args(tp):
-            return f"a list of {len(args)} x {inner}"
-        return f"a list of {inner}"
-    if origin is dict:
-        return "a mapping"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` and convert (lists to tuples, ints to floats)."""
-    origin = typing.get_origin(tp)
-    wrong = ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _convert(value, option, key)
-            except ConfigError:
-                continue
-        raise wrong
-    if tp is type(None):
-        if value is None:
-            return None
-        raise wrong
-    if origin is Literal:
-        if value in typing.get_args(tp) and type(value) is type(typing.get_args(tp)[0]):
-            return value
-        raise wrong
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise wrong
-        return parse_dataclass(tp, value, key)
-    if origin in (list, tuple):
-        if not isinstance(value, list | tuple):
-            raise wrong
-        args = typing.get_args(tp)
-        if origin is tuple and args and Ellipsis not in args:
-            if len(value) != len(args):
-                raise wrong
-            return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-        inner = args[0] if args else Any
-        items = [_convert(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise wrong
-        return dict(value)
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise wrong
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise wrong
-    if tp in (bool, str):
-        if isinstance(value, tp):
-            return value
-        raise wrong
-    raise TypeError(f"unsupported annotation {tp!r} for {key}")
-
-
-def parse_dataclass(cls: type, values: dict, prefix: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, checking every key and type (errors name ``prefix.key``)."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" Did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown config key {full!r}.{hint} Valid keys here: {', '.join(names)}")
-        kwargs[key] = _convert(value, hints[key], full)
-    return cls(**kwargs)
 
 
 def parse_config(values: dict) -> Config:
@@ -390,7 +294,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 def config_to_dict(cfg: Any) -> Any:
     """Plain data (lists instead of tuples) for YAML / JSON."""
     if dataclasses.is_dataclass(cfg):
-        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.init}
     if isinstance(cfg, list | tuple):
         return [config_to_dict(v) for v in cfg]
     if isinstance(cfg, dict):
@@ -405,7 +309,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
 def validate_names(cfg: Config) -> None:
     """Check every registered name (dataset, backbone, head, loss) and the loss parameters."""
     from segdistill.data import DATASETS
-    from segdistill.losses import LOSSES, build_loss_params
+    from segdistill.losses import LOSSES, loss_params
     from segdistill.models import check_model_config
 
     DATASETS.get(cfg.data.name, "data.name")
@@ -419,7 +323,7 @@ def validate_names(cfg: Config) -> None:
     for i, loss in enumerate(cfg.losses):
         where = f"losses[{i}]"
         LOSSES.get(loss.name, f"{where}.name")
-        build_loss_params(loss, where)
+        loss_params(loss, where)
         if LOSSES.get(loss.name).needs_teacher and cfg.teacher is None:
             raise ConfigError(f"{where}: loss {loss.name!r} distils from a teacher, but the config has no 'teacher'")
     if cfg.data.name == "folder" and not cfg.data.classes:

@@ -33,8 +33,8 @@ import torch
 from segdistill.checkpoint import save_model, sha256_of
 from segdistill.config import ModelConfig
 from segdistill.data import DatasetInfo
+from segdistill.errors import ConfigError, run_command
 from segdistill.models import build_model
-from segdistill.registry import ConfigError
 
 # CIRKD's input: BGR in 0..255 minus this mean (BGR order), no std. Our models see RGB; after the first
 # convolution's channels are flipped, the same map is (rgb01 - MEAN_RGB01) / (1 / 255).
@@ -175,9 +175,10 @@ def main(argv: list[str] | None = None) -> Path:
     return Path(args.output)
 
 
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_command(lambda: main(argv))
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli())

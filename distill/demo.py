@@ -7,8 +7,10 @@ student from the teacher (pixel-wise KD), evaluate all three and print a table.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from segdistill.errors import run_command
 from segdistill.pipeline import run_pipeline
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "demo"
@@ -22,5 +24,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return run_pipeline(CONFIGS, Path(args.output), args.overrides)
 
 
+def cli(argv: list[str] | None = None) -> int:
+    return run_command(lambda: main(argv))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

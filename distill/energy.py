@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from segdistill.config import EnergyConfig
-from segdistill.registry import ConfigError
+from segdistill.errors import ConfigError
 
 # codecarbon's names for CPU power read from counters; every other mode is a load x TDP estimate.
 MEASURED_CPU_MODES = ("intel_rapl", "intel_power_gadget", "windows_emi", "apple_powermetrics")

@@ -19,14 +19,15 @@ import torch
 
 from segdistill.atomic_files import atomic_write_text
 from segdistill.checkpoint import load_model
-from segdistill.config import DataConfig, EnergyConfig, EvalConfig, parse_dataclass
+from segdistill.config import DataConfig, EnergyConfig, EvalConfig
 from segdistill.data import build_dataset
 from segdistill.data.loader import eval_loader
 from segdistill.energy import start_meter
+from segdistill.errors import ConfigError, run_command
 from segdistill.evaluation import confusion_matrix
 from segdistill.inference import predict
+from segdistill.parsing import parse_dataclass
 from segdistill.plots import colourise, denormalise, iou_bar_chart, overlay_strip
-from segdistill.registry import ConfigError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -120,9 +121,10 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_command(lambda: main(argv))
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli())

@@ -28,7 +28,7 @@ from timm.models.resnet import ResNet
 from torch import nn
 
 from segdistill.atomic_files import atomic_write
-from segdistill.registry import ConfigError
+from segdistill.errors import ConfigError
 
 BASIS_FORMAT = "segdistill-kdep-basis/1"
 

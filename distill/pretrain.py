@@ -47,17 +47,17 @@ from segdistill.config import (
     IMAGENET_STD,
     OptimizerConfig,
     SyntheticConfig,
-    parse_dataclass,
     read_values,
     save_config,
 )
 from segdistill.data.loader import DataPosition, ShardedEpochSampler
 from segdistill.data.synthetic import SyntheticScenes
 from segdistill.data.unlabelled import ImageFolder, SeededViews, SyntheticImages, view_transform
+from segdistill.errors import ConfigError, run_command
 from segdistill.kdep import PooledFeature, fit_basis, kdep_loss, kdep_target, load_basis, save_basis
 from segdistill.optim import build_optimizer, set_learning_rate
+from segdistill.parsing import parse_dataclass
 from segdistill.processes import die_with_launcher
-from segdistill.registry import ConfigError
 from segdistill.run_lock import run_folder_lock
 
 WEIGHTS_NAME = "student_backbone.safetensors"
@@ -275,9 +275,10 @@ def save_backbone(model: torch.nn.Module, path: Path, cfg: PretrainConfig, basis
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
 
 
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_command(lambda: main(argv))
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli())

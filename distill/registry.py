@@ -5,31 +5,12 @@ A name that is not registered is an error that lists the valid choices and the c
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from segdistill.errors import unknown_choice
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration error: the message names the key or value and what was expected."""
-
-    def __init__(self, message: str) -> None:
-        # Raised in a DataLoader worker (e.g. a corrupt image), the error is rebuilt in the main process
-        # from "Caught ... in DataLoader worker ... Original Traceback ...": keep the original message only.
-        if message.startswith("Caught ") and "in DataLoader worker" in message.split("\n", 1)[0]:
-            message = message.rpartition(f"{type(self).__module__}.{type(self).__qualname__}: ")[2].strip()
-        super().__init__(message)
-
-
-def unknown_choice(kind: str, name: str, choices: Iterable[str], where: str = "") -> ConfigError:
-    choices = sorted(choices)
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    shown = ", ".join(choices) if len(choices) <= 40 else ", ".join(choices[:40]) + ", ..."
-    location = f" (at {where})" if where else ""
-    return ConfigError(f"unknown {kind} {name!r}{location}.{hint} Valid choices: {shown}")
 
 
 class Registry(Generic[T]):

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from segdistill.atomic_files import writing
-from segdistill.registry import ConfigError
+from segdistill.errors import ConfigError
 
 LOCK_NAME = "run.lock"
 

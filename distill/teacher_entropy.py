@@ -29,8 +29,8 @@ from segdistill.atomic_files import atomic_write_text  # noqa: E402
 from segdistill.checkpoint import load_model  # noqa: E402
 from segdistill.data import build_dataset  # noqa: E402
 from segdistill.data.loader import eval_loader  # noqa: E402
+from segdistill.errors import ConfigError, run_command
 from segdistill.evaluate import data_config  # noqa: E402
-from segdistill.registry import ConfigError  # noqa: E402
 
 BINS = 50
 NEAR_ONE_HOT = 0.1  # entropy below this fraction of ln K
@@ -127,9 +127,10 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_command(lambda: main(argv))
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli())

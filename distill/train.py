@@ -42,20 +42,20 @@ from segdistill.config import Config, config_to_dict, load_config, save_config
 from segdistill.data import build_dataset
 from segdistill.data.loader import DataPosition, eval_loader, train_loader
 from segdistill.energy import start_meter
+from segdistill.errors import ConfigError, UserError, run_command
 from segdistill.evaluation import confusion_matrix
 from segdistill.losses import Criterion, LossContext, TaskLoss, build_criterion
 from segdistill.metrics import SegMetrics
 from segdistill.models import SegOutput, build_model, count_parameters
 from segdistill.optim import build_optimizer, learning_rate, set_learning_rate
 from segdistill.processes import die_with_launcher
-from segdistill.registry import ConfigError
 from segdistill.run_lock import run_folder_lock
 from segdistill.teacher import build_teacher
 from segdistill.unreached import freeze_unreached
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+class NonFiniteLoss(UserError, RuntimeError):
+    """The run diverged: the message says at which step and which checkpoint to resume from."""
 
 
 class Objective(nn.Module):
@@ -378,9 +378,10 @@ def model_extra(cfg: Config, step: int, metrics: SegMetrics) -> dict:
     }
 
 
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_command(lambda: main(argv))
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, NonFiniteLoss) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli())

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 
 from segdistill.atomic_files import atomic_write
-from segdistill.registry import ConfigError
+from segdistill.errors import ConfigError
 
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 

@@ -8,7 +8,7 @@ from typing import Any
 from segdistill.deploy.accuracy import default_shape
 from segdistill.deploy.shapes import ImageShape, parse_shape
 from segdistill.deploy.wrapper import OUTPUT_KINDS
-from segdistill.registry import ConfigError
+from segdistill.errors import ConfigError
 
 DYNAMIC_DIMS = ("batch", "height", "width")
 

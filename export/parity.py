@@ -29,8 +29,8 @@ from segdistill.deploy.backends import load_predictor
 from segdistill.deploy.backends.torch_modules import eager_predictor
 from segdistill.deploy.predictor import Predictor
 from segdistill.deploy.shapes import ImageShape, ShapeRange, accepts, default_range, parse_range, parse_shape
+from segdistill.errors import ConfigError
 from segdistill.metrics import ConfusionMatrix
-from segdistill.registry import ConfigError
 
 
 @dataclass(frozen=True)

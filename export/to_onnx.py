@@ -28,6 +28,7 @@ from torch.export import Dim
 
 from segdistill.deploy.shapes import ImageShape, parse_range
 from segdistill.deploy.wrapper import DTYPES, INPUT_NAME, DeployModel, load_deploy_model
+from segdistill.errors import ConfigError, run_command
 from segdistill.export.onnx_graph import (
     check_and_infer,
     name_dynamic_dims,
@@ -38,7 +39,6 @@ from segdistill.export.onnx_graph import (
 from segdistill.export.options import add_model_arguments, export_shape, parse_dynamic, traced_shape
 from segdistill.export.parity import ParityReport, add_parity_arguments, gate_artifact
 from segdistill.export.shape_generic import shape_generic_pooling
-from segdistill.registry import ConfigError
 
 MIN_OPSET = 18
 
@@ -117,14 +117,10 @@ def main(argv: list[str] | None = None) -> ParityReport:
     return gate_artifact(path, info, shape, args)
 
 
-def run(argv: list[str] | None = None) -> int:
-    """Exit status: 0 exported and passed, 1 parity failed, 2 bad input."""
-    try:
-        return 0 if main(argv).passed else 1
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def cli(argv: list[str] | None = None) -> int:
+    """Exit status: 0 written and its parity gate passed, 1 the gate failed, 2 a user's mistake (one line on stderr)."""
+    return run_command(lambda: main(argv), lambda report: 0 if report.passed else 1)
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(cli())

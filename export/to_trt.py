@@ -37,9 +37,9 @@ from segdistill.checkpoint import resolve_model_path, sha256_of
 from segdistill.deploy.artifact import ArtifactError, ArtifactInfo, read_artifact_info, sidecar_path
 from segdistill.deploy.backends.trt_engine import gpu_description, require_cuda, tensorrt_module
 from segdistill.deploy.shapes import ImageShape, accepts, parse_shape
+from segdistill.errors import ConfigError, run_command
 from segdistill.export.onnx_graph import graph_precision
 from segdistill.export.parity import ParityReport, add_parity_arguments, gate_artifact
-from segdistill.registry import ConfigError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 BUILDER_FLAGS = {"fp16": "FP16", "bf16": "BF16"}
@@ -241,14 +241,10 @@ def main(argv: list[str] | None = None) -> ParityReport | None:
     return gate_artifact(plan, info, shapes[1], args, backend="tensorrt", device="cuda", shapes=[shapes[1], *dynamic_shapes])
 
 
-def run(argv: list[str] | None = None) -> int:
-    try:
-        report = main(argv)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0 if report is None or report.passed else 1
+def cli(argv: list[str] | None = None) -> int:
+    """Exit status: 0 written and its parity gate passed, 1 the gate failed, 2 a user's mistake (one line on stderr)."""
+    return run_command(lambda: main(argv), lambda report: 0 if report is None or report.passed else 1)
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(cli())

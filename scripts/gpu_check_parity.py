@@ -18,8 +18,8 @@ from segdistill.deploy.accuracy import default_shape
 from segdistill.deploy.backends import load_predictor
 from segdistill.deploy.backends.torch_modules import eager_predictor
 from segdistill.deploy.shapes import parse_shape
+from segdistill.errors import run_command
 from segdistill.export.parity import THRESHOLDS, run_parity
-from segdistill.registry import ConfigError
 
 
 def main(argv: list[str] | None = None) -> bool:
@@ -39,9 +39,5 @@ def main(argv: list[str] | None = None) -> bool:
     return report.passed
 
 
-if __name__ == "__main__":
-    try:
-        sys.exit(0 if main() else 1)
-    except ConfigError as err:  # an artifact without its sidecar, a backend that cannot run here
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+if __name__ == "__main__":  # 2: an artifact without its sidecar, a backend that cannot run here
+    sys.exit(run_command(main, lambda passed: 0 if passed else 1))

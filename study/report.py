@@ -22,7 +22,7 @@ import re
 import sys
 from pathlib import Path
 
-from segdistill.registry import ConfigError
+from segdistill.errors import run_command
 from segdistill.study.figures import comparison_bars, grid_heatmap
 from segdistill.study.results import StudyResult, read_study
 from segdistill.study.space import describe_params
@@ -114,9 +114,10 @@ def main(argv: list[str] | None = None) -> Path:
     return report
 
 
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_command(lambda: main(argv))
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli())

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from segdistill.config import load_config
-from segdistill.registry import ConfigError
+from segdistill.errors import ConfigError
 
 SAMPLERS = ("grid", "tpe", "random")
 SCALAR = (str, int, float, bool, type(None))

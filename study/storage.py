@@ -37,7 +37,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 
 from segdistill.atomic_files import atomic_write_text
-from segdistill.registry import ConfigError
+from segdistill.errors import ConfigError
 
 STUDY_FILE = "study.json"
 MAX_RETRIES = 3  # a trial whose worker keeps dying (e.g. killed for memory) is not retried forever

@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from segdistill.errors import ConfigError, run_command
 from segdistill.processes import die_with_parent
-from segdistill.registry import ConfigError
 from segdistill.study.space import check_against_config, load_space
 from segdistill.study.storage import create_study, default_storage
 from segdistill.study.worker import run_worker
@@ -105,9 +105,10 @@ def main(argv: list[str] | None = None) -> Path:
     return study_dir
 
 
+
+def cli(argv: list[str] | None = None) -> int:
+    return run_command(lambda: main(argv))
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli())

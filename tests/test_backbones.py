@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from segdistill.config import ModelConfig
+from segdistill.errors import ConfigError
 from segdistill.export import to_onnx
 from segdistill.models import build_model
-from segdistill.registry import ConfigError
 from tests.helpers import TINY, run_python
 from tests.test_export import PARITY, save_student
 

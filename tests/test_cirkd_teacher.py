@@ -17,7 +17,7 @@ from segdistill.config import DataConfig, TeacherConfig
 from segdistill.convert_cirkd import CIRKD_MEAN_BGR, convert, detect
 from segdistill.data import DatasetInfo
 from segdistill.data.cityscapes import CLASSES, IGNORE_INDEX, PALETTE
-from segdistill.registry import ConfigError
+from segdistill.errors import ConfigError
 from segdistill.teacher import build_teacher
 
 IMAGENET = DataConfig()

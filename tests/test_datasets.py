@@ -16,7 +16,7 @@ from PIL import Image
 
 from segdistill.config import DataConfig
 from segdistill.data import DATASETS, DatasetError, build_dataset
-from segdistill.registry import ConfigError
+from segdistill.errors import ConfigError
 
 H, W = 12, 16
 

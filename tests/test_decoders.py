@@ -12,8 +12,8 @@ import torch
 
 from segdistill.checkpoint import load_model
 from segdistill.config import ModelConfig
+from segdistill.errors import ConfigError
 from segdistill.models import FEATURE_NAMES, build_model, check_model_config
-from segdistill.registry import ConfigError
 from segdistill.train import main
 from tests.helpers import TINY, run_python
 

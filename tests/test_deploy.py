@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from segdistill.checkpoint import load_model
-from segdistill.config import DataConfig, EvalConfig, parse_dataclass
+from segdistill.config import DataConfig, EvalConfig
 from segdistill.data.loader import eval_loader
 from segdistill.deploy import benchmark
 from segdistill.deploy.accuracy import evaluate, open_dataset
@@ -21,6 +21,7 @@ from segdistill.deploy.backends.torch_modules import eager_predictor
 from segdistill.deploy.latency import LatencyStats
 from segdistill.evaluation import confusion_matrix
 from segdistill.export import to_torchscript
+from segdistill.parsing import parse_dataclass
 from tests.helpers import run_python
 from tests.test_export import PARITY, SIZE, save_student
 

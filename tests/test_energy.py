@@ -13,7 +13,7 @@ from codecarbon.input import DataSource
 
 from segdistill import energy
 from segdistill.config import EnergyConfig
-from segdistill.registry import ConfigError
+from segdistill.errors import ConfigError
 
 
 def busy(seconds: float) -> None:

@@ -23,12 +23,12 @@ from segdistill.deploy.artifact import ArtifactError, read_artifact_info, sideca
 from segdistill.deploy.backends import load_predictor
 from segdistill.deploy.backends.torch_modules import eager_predictor
 from segdistill.deploy.shapes import ImageShape, parse_range, parse_shape
+from segdistill.errors import ConfigError
 from segdistill.export import to_int8, to_onnx, to_trt
 from segdistill.export.onnx_graph import graph_precision
 from segdistill.export.parity import THRESHOLDS, run_parity
 from segdistill.export.shape_generic import adaptive_avg_pool2d_matmul
 from segdistill.models import build_model
-from segdistill.registry import ConfigError
 from tests.helpers import run_python
 
 SIZE = (40, 56)  # synthetic validation scenes, H x W
@@ -63,7 +63,7 @@ def aspp_logits(tmp_path_factory) -> tuple[Path, Path]:
     """DeepLabV3 (ASPP) head, float NCHW in, logits out, height and width dynamic, batch fixed at 1."""
     checkpoint = save_student(tmp_path_factory.mktemp("aspp"), "aspp", seed=2)
     out = checkpoint / "aspp.onnx"
-    assert to_onnx.run(["--checkpoint", str(checkpoint), "--dynamic", "height,width", "--slim", "--out", str(out), *PARITY]) == 0
+    assert to_onnx.cli(["--checkpoint", str(checkpoint), "--dynamic", "height,width", "--slim", "--out", str(out), *PARITY]) == 0
     return checkpoint, out
 
 
@@ -148,7 +148,7 @@ def test_bad_shape_range_stops_int8_before_it_quantizes(aspp_logits, capsys) -> 
     _, source = aspp_logits
     out = source.with_name("int8_bad_range.onnx")
     argv = ["--onnx", str(source), "--shape-range", "1x3x20x28/1x3x30x40", "--out", str(out), *PARITY]
-    assert to_int8.run(argv) == 2
+    assert to_int8.cli(argv) == 2
     assert "--shape-range '1x3x20x28/1x3x30x40': each dimension must satisfy MIN <=" in capsys.readouterr().err
     assert not out.exists()
 
@@ -182,14 +182,14 @@ def test_sidecar_links_the_artifact_to_its_checkpoint(aspp_logits) -> None:
 def test_sidecars_hash_the_weights_file_not_model_json(tmp_path, capsys) -> None:
     checkpoint = save_student(tmp_path / "student", "fcn", seed=8)
     onnx_path = checkpoint / "export" / "model.onnx"
-    assert to_onnx.run(["--checkpoint", str(checkpoint)]) == 0
+    assert to_onnx.cli(["--checkpoint", str(checkpoint)]) == 0
     other = save_student(tmp_path / "other", "fcn", seed=9)
     (checkpoint / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())  # after model.json
     swapped = sha256_of(checkpoint / "model.safetensors")
     assert swapped != read_metadata(checkpoint)["weights_sha256"]
-    assert to_trt.run(["--onnx", str(onnx_path)]) == 2  # the gate's reference is no longer what was exported
+    assert to_trt.cli(["--onnx", str(onnx_path)]) == 2  # the gate's reference is no longer what was exported
     assert "has other weights" in capsys.readouterr().err
-    assert to_onnx.run(["--checkpoint", str(checkpoint)]) == 0
+    assert to_onnx.cli(["--checkpoint", str(checkpoint)]) == 0
     assert read_artifact_info(onnx_path).source["weights_sha256"] == swapped
     assert eager_predictor(checkpoint).info.sha256 == swapped
 
@@ -197,7 +197,7 @@ def test_sidecars_hash_the_weights_file_not_model_json(tmp_path, capsys) -> None
 def test_fp16_graph_for_strongly_typed_engines(tmp_path) -> None:
     checkpoint = save_student(tmp_path / "student", "fcn", seed=6)
     out = tmp_path / "fp16.onnx"
-    assert to_onnx.run(["--checkpoint", str(checkpoint), "--precision", "fp16", "--shape", "1x3x32x48", "--out", str(out)]) == 0
+    assert to_onnx.cli(["--checkpoint", str(checkpoint), "--precision", "fp16", "--shape", "1x3x32x48", "--out", str(out)]) == 0
     graph = onnx.load(str(out))
     assert graph_precision(graph) == "fp16"  # what to_trt.py reads to build a strongly typed FP16 engine
     assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
@@ -221,7 +221,7 @@ def test_int8_is_an_explicit_qdq_graph(aspp_logits, target: str) -> None:
     _, source = aspp_logits
     out = source.with_name(f"int8_{target}.onnx")
     argv = ["--onnx", str(source), "--target", target, "--calibration-images", "4", "--method", "minmax", "--out", str(out), *PARITY]
-    assert to_int8.run(argv) == 0
+    assert to_int8.cli(argv) == 0
     graph = onnx.load(str(out))
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.graph.initializer}
     quantize = [n for n in graph.graph.node if n.op_type == "QuantizeLinear"]
@@ -244,7 +244,7 @@ def test_failed_gate_exits_1_and_the_artifact_is_not_deployed(aspp_logits) -> No
     _, source = aspp_logits
     out = source.with_name("int8_failed.onnx")
     argv = ["--onnx", str(source), "--calibration-images", "2", "--out", str(out), "--min-label-agreement", "1.01", *PARITY]
-    assert to_int8.run(argv) == 1
+    assert to_int8.cli(argv) == 1
     info = read_artifact_info(out)
     assert info.parity["passed"] is False and info.parity["failures"]
     with pytest.raises(ArtifactError, match="failed its parity gate"):
@@ -254,11 +254,11 @@ def test_failed_gate_exits_1_and_the_artifact_is_not_deployed(aspp_logits) -> No
 
 def test_export_errors_name_the_option(aspp_logits, capsys) -> None:
     checkpoint, source = aspp_logits
-    assert to_onnx.run(["--checkpoint", str(checkpoint), "--dynamic", "time"]) == 2
+    assert to_onnx.cli(["--checkpoint", str(checkpoint), "--dynamic", "time"]) == 2
     assert "--dynamic: unknown dimension(s) ['time']" in capsys.readouterr().err
-    assert to_onnx.run(["--checkpoint", str(checkpoint / "missing")]) == 2
+    assert to_onnx.cli(["--checkpoint", str(checkpoint / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert to_trt.run(["--onnx", str(source), "--precision", "int8"]) == 2
+    assert to_trt.cli(["--onnx", str(source), "--precision", "int8"]) == 2
     assert "quantize it first: python export/to_int8.py" in capsys.readouterr().err
 
 
@@ -284,9 +284,9 @@ def test_trt_checks_shapes_before_needing_tensorrt(psp_labels_dynamic, capsys) -
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here: the build itself is tested by test_trt_engine_matches_pytorch")
     _, path, _ = psp_labels_dynamic
-    assert to_trt.run(["--onnx", str(path), "--shapes", "1x3x64x64/1x3x32x32/1x3x96x96"]) == 2
+    assert to_trt.cli(["--onnx", str(path), "--shapes", "1x3x64x64/1x3x32x32/1x3x96x96"]) == 2
     assert "MIN <= OPT <= MAX" in capsys.readouterr().err
-    assert to_trt.run(["--onnx", str(path)]) == 2  # a dynamic export needs no --shapes: only TensorRT is missing
+    assert to_trt.cli(["--onnx", str(path)]) == 2  # a dynamic export needs no --shapes: only TensorRT is missing
     out, err = capsys.readouterr()
     low, high = (parse_shape(read_artifact_info(path).shape_range[k], k) for k in ("min", "max"))
     assert f"min 1x3x{low.height}x{low.width}, opt 1x3x{SIZE[0]}x{SIZE[1]}, max 8x3x{high.height}x{high.width}" in out
@@ -311,10 +311,10 @@ def test_trt_engine_matches_pytorch(aspp_logits, tmp_path) -> None:
     plan, cache = tmp_path / "aspp.plan", tmp_path / "timing.cache"
     shapes = f"1x3x32x32/1x3x{SIZE[0]}x{SIZE[1]}/1x3x96x96"
     argv = ["--onnx", str(source), "--shapes", shapes, "--out", str(plan), "--timing-cache", str(cache), *PARITY]
-    assert to_trt.run(argv) == 0
+    assert to_trt.cli(argv) == 0
     info = read_artifact_info(plan)
     assert info.extra["tensorrt"]["version"] == trt.__version__ and info.parity["passed"] and cache.is_file()
-    assert to_trt.run([*argv, "--reuse"]) == 0
+    assert to_trt.cli([*argv, "--reuse"]) == 0
     assert json.loads(sidecar_path(plan).read_text())["sha256"] == sha256_of(plan)
 
 
@@ -325,6 +325,6 @@ def test_trt_replaces_a_timing_cache_it_cannot_use(aspp_logits, tmp_path, capsys
     _, source = aspp_logits
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"not a timing cache of this TensorRT")  # set_timing_cache returns False for it
-    assert to_trt.run(["--onnx", str(source), "--out", str(tmp_path / "aspp.plan"), "--timing-cache", str(cache)]) == 0
+    assert to_trt.cli(["--onnx", str(source), "--out", str(tmp_path / "aspp.plan"), "--timing-cache", str(cache)]) == 0
     assert "does not fit this TensorRT / GPU" in capsys.readouterr().err
     assert cache.read_bytes() != b"not a timing cache of this TensorRT"

@@ -14,8 +14,8 @@ from torch import nn
 from segdistill.deploy.artifact import read_artifact_info
 from segdistill.deploy.shapes import ImageShape, ShapeRange, parse_shape
 from segdistill.deploy.wrapper import DeployModel
+from segdistill.errors import ConfigError
 from segdistill.export import to_torchscript
-from segdistill.registry import ConfigError
 from tests.test_export import PARITY, save_student
 
 BACKBONES = [

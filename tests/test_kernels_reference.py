@@ -383,7 +383,7 @@ def test_bad_arguments_name_the_problem(call, message):
 
 def test_trainer_config_switch_accepts_auto_and_reference_only():
     from segdistill.config import load_config
-    from segdistill.registry import ConfigError
+    from segdistill.errors import ConfigError
 
     assert load_config(None).train.kernels == "auto"
     assert load_config(None, ["train.kernels=reference"]).train.kernels == "reference"

@@ -15,10 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from segdistill.config import LossConfig, ModelConfig
+from segdistill.errors import ConfigError
 from segdistill.losses import LossContext, TaskLoss, build_criterion
 from segdistill.losses.pixel_kd import PixelKD, PixelKDParams
 from segdistill.models import SegOutput, build_model
-from segdistill.registry import ConfigError
 
 IGNORE = 255
 NORMALIZATIONS = ("pixel_mean", "batch_sum", "element_mean")

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from segdistill.config import LossConfig, parse_dataclass
+from segdistill.config import LossConfig
+from segdistill.errors import ConfigError
 from segdistill.losses import LOSSES, LossContext, TaskLoss, build_criterion
 from segdistill.models import SegOutput
-from segdistill.registry import ConfigError
+from segdistill.parsing import parse_dataclass
 from segdistill.tensorboard_scalars import logged_scalars
 from segdistill.train import main
 from tests.helpers import TINY

@@ -15,8 +15,8 @@ from segdistill.checkpoint import CheckpointError, load_model, load_weights, sav
 from segdistill.config import ModelConfig, config_to_dict
 from segdistill.data import DatasetInfo
 from segdistill.data.base import default_palette
+from segdistill.errors import ConfigError
 from segdistill.models import FEATURE_NAMES, SegOutput, build_model, check_model_config
-from segdistill.registry import ConfigError
 
 B, K, SIZE = 2, 5, 32
 WEIGHTS = (

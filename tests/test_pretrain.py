@@ -18,11 +18,11 @@ from safetensors.torch import load_file
 
 from segdistill.config import ModelConfig
 from segdistill.data.base import DatasetError
+from segdistill.errors import ConfigError
 from segdistill.kdep import PooledFeature, fit_basis, kdep_loss, kdep_target, power_temperature_scaling
 from segdistill.models import build_model
 from segdistill.pretrain import load_pretrain_config
 from segdistill.pretrain import main as pretrain
-from segdistill.registry import ConfigError
 from segdistill.train import main as train
 from tests.helpers import ROOT, TINY
 

@@ -15,7 +15,7 @@ import optuna
 import psutil
 import pytest
 
-from segdistill.registry import ConfigError
+from segdistill.errors import ConfigError
 from segdistill.study.space import check_against_config, load_space, parse_space
 from segdistill.study.storage import load_study, open_storage, read_study_file
 from segdistill.study.sweep import parse_args, start

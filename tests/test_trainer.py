@@ -19,8 +19,8 @@ from segdistill.checkpoint import CheckpointError, load_model, save_model, state
 from segdistill.config import ModelConfig
 from segdistill.data import DatasetInfo
 from segdistill.data.synthetic import CLASSES
+from segdistill.errors import ConfigError
 from segdistill.evaluate import main as evaluate
-from segdistill.registry import ConfigError
 from segdistill.train import NonFiniteLoss, main
 from tests.helpers import ROOT, TINY, run_python, subprocess_env
 

@@ -25,7 +25,7 @@ import segdistill.kernels.affinity_triton
 import segdistill.kernels.contrast_triton
 import segdistill.kernels.softmax_kl_triton
 from segdistill import kernels
-from segdistill.registry import ConfigError
+from segdistill.errors import ConfigError
 from segdistill.tensorboard_scalars import logged_scalars
 from segdistill.train import main
 from tests.helpers import TINY

@@ -25,7 +25,7 @@ from segdistill.deploy.backends.torch_modules import (
 )
 from segdistill.deploy.backends.trt_engine import TensorRTPredictor
 from segdistill.deploy.predictor import Predictor
-from segdistill.registry import unknown_choice
+from segdistill.errors import unknown_choice
 
 # backend -> the artifact kind it opens
 BACKEND_KINDS = {"torchscript": "torchscript", "torch-export": "torch_export", **dict.fromkeys(PROVIDERS, "onnx"), "tensorrt": "tensorrt"}

@@ -15,7 +15,8 @@ from segdistill.data.cocostuff import cocostuff
 from segdistill.data.folder import image_folder
 from segdistill.data.synthetic import SyntheticScenes
 from segdistill.data.voc import voc
-from segdistill.registry import ConfigError, Registry
+from segdistill.errors import ConfigError
+from segdistill.registry import Registry
 
 DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from segdistill.registry import ConfigError
+from segdistill.errors import ConfigError
 
 
 class DatasetError(ConfigError):

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from segdistill.data.base import DatasetError, DatasetInfo, SegmentationDataset, default_palette, require_dir
-from segdistill.registry import ConfigError
+from segdistill.errors import ConfigError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 LAYOUT = """ROOT/

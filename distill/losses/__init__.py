@@ -17,8 +17,8 @@ from segdistill.losses import (  # noqa: F401
     skd_pairwise,
 )
 from segdistill.losses.base import DistillLoss, LossContext
-from segdistill.losses.criterion import Criterion, build_criterion, build_loss_params
+from segdistill.losses.criterion import Criterion, build_criterion, loss_params
 from segdistill.losses.registry import LOSSES
 from segdistill.losses.task import TaskLoss
 
-__all__ = ["LOSSES", "Criterion", "DistillLoss", "LossContext", "TaskLoss", "build_criterion", "build_loss_params"]
+__all__ = ["LOSSES", "Criterion", "DistillLoss", "LossContext", "TaskLoss", "build_criterion", "loss_params"]

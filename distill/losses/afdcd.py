@@ -31,12 +31,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from segdistill.errors import ConfigError
 from segdistill.kernels import patch_contrast
 from segdistill.losses.base import DistillLoss, LossContext
 from segdistill.losses.connectors import match_size, require_maps, require_positive
 from segdistill.losses.mgd import MaskedFeatureGenerator, check_mask_ratio
 from segdistill.losses.registry import LOSSES
-from segdistill.registry import ConfigError
 
 
 @dataclass

@@ -33,9 +33,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from segdistill.errors import ConfigError
 from segdistill.losses.base import DistillLoss, LossContext
 from segdistill.losses.registry import LOSSES
-from segdistill.registry import ConfigError
 
 
 @dataclass

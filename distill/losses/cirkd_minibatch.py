@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from segdistill.errors import ConfigError
 from segdistill.kernels import cross_image_affinity_kl
 from segdistill.losses.base import DistillLoss, LossContext
 from segdistill.losses.registry import LOSSES
-from segdistill.registry import ConfigError
 
 
 @dataclass

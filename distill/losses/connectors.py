@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segdistill.registry import ConfigError
+from segdistill.errors import ConfigError
 
 # "conv": Conv1x1(C_s -> C_t, bias=False) (FitNets regressor; CIRKD's CWD feature adapter).
 # "conv_bn_relu": Conv1x1(bias=False) -> BatchNorm -> ReLU (TorchDistiller's CWD feature adapter).

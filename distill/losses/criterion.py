@@ -8,20 +8,28 @@ whatever the mixed-precision setting; teacher tensors are detached.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from segdistill.config import LossConfig, parse_dataclass
+from segdistill.errors import ConfigError
 from segdistill.losses.base import AdversarialLoss, DistillLoss, LossContext
 from segdistill.losses.registry import LOSSES
 from segdistill.losses.task import TaskLoss
 from segdistill.models import SegOutput
-from segdistill.registry import ConfigError
+from segdistill.parsing import parse_dataclass
+
+if TYPE_CHECKING:  # the config module imports the losses to validate them; the losses need its types only
+    from segdistill.config import LossConfig
 
 
-def build_loss_params(cfg: LossConfig, where: str):
-    return parse_dataclass(LOSSES.get(cfg.name, f"{where}.name").Params, cfg.params, f"{where}.params")
+def loss_params(cfg: LossConfig, where: str):
+    """The loss's typed ``Params``, parsed from ``cfg.params`` on first use (when the config is validated) and
+    kept on ``cfg``, so that validation and the build share one parse."""
+    if cfg.parsed_params is None:
+        cfg.parsed_params = parse_dataclass(LOSSES.get(cfg.name, f"{where}.name").Params, cfg.params, f"{where}.params")
+    return cfg.parsed_params
 
 
 @dataclass
@@ -116,7 +124,7 @@ def build_criterion(
         t_shape = _lookup(teacher, bind.teacher, "teacher", cfg.name).shape if cls.needs_teacher else None
         extra = {"num_classes": student.logits.shape[1]} if cls.needs_num_classes else {}
         try:
-            terms.append(cls(build_loss_params(cfg, where), s_shape, t_shape, **extra))
+            terms.append(cls(loss_params(cfg, where), s_shape, t_shape, **extra))
         except ConfigError as err:  # the shapes of the bound tensors do not suit the loss: say which
             t_desc = f", teacher {bind.teacher!r} {tuple(t_shape)}" if t_shape is not None else ""
             raise ConfigError(

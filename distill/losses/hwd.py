@@ -32,11 +32,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from segdistill.errors import ConfigError
 from segdistill.kernels import spatial_softmax_kl
 from segdistill.losses.base import DistillLoss, LossContext
 from segdistill.losses.connectors import match_size, require_positive, require_same_channels, resize_labels
 from segdistill.losses.registry import LOSSES
-from segdistill.registry import ConfigError
 
 
 @dataclass

@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from segdistill.errors import ConfigError
 from segdistill.losses.base import DistillLoss, LossContext
 from segdistill.losses.registry import LOSSES
-from segdistill.registry import ConfigError
 
 
 def prototype_similarity(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

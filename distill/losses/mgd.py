@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from segdistill.errors import ConfigError
 from segdistill.losses.base import DistillLoss, LossContext
 from segdistill.losses.connectors import match_size, require_maps
 from segdistill.losses.registry import LOSSES
-from segdistill.registry import ConfigError
 
 
 @dataclass

@@ -28,10 +28,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from segdistill.errors import ConfigError
 from segdistill.losses.base import AdversarialLoss, LossContext
 from segdistill.losses.discriminator import SAGANDiscriminator
 from segdistill.losses.registry import LOSSES
-from segdistill.registry import ConfigError
 
 
 @dataclass

@@ -29,10 +29,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from segdistill.errors import ConfigError
 from segdistill.kernels import pairwise_affinity_mse
 from segdistill.losses.base import DistillLoss, LossContext
 from segdistill.losses.registry import LOSSES
-from segdistill.registry import ConfigError
 
 
 @dataclass

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from segdistill.errors import ConfigError, unknown_choice
 from segdistill.models.backbones import build_backbone, check_backbone
 from segdistill.models.heads import HEADS, build_head
 from segdistill.models.output import FEATURE_NAMES, TENSOR_NAMES, SegOutput
 from segdistill.models.segmentor import Segmentor, aux_fcn_head
 from segdistill.models.torchvision_seg import TORCHVISION_SEGMENTATION, TorchvisionSegmentor
-from segdistill.registry import ConfigError, unknown_choice
 
 
 def check_model_config(cfg, where: str = "model") -> None:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from segdistill.registry import ConfigError, unknown_choice
+from segdistill.errors import ConfigError, unknown_choice
 from segdistill.safe_load import LOAD_ERRORS, UnreadableTensors, load_tensors, refusal_reason
 
 TORCHVISION_PREFIX = "torchvision:"

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segdistill.registry import ConfigError, Registry
+from segdistill.errors import ConfigError
+from segdistill.registry import Registry
 
 HEADS: Registry[Callable[..., DecodeHead]] = Registry("head")
 
