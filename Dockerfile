@@ -16,6 +16,7 @@ COPY distill ./distill
 COPY kernels ./kernels
 COPY export ./export
 COPY deploy ./deploy
+COPY study ./study
 
 # Keep the image's own torch / torchvision (built for its CUDA): pin them to what is installed, and
 # everything else to the tested versions of requirements/lock.txt (less its torch / torchvision).

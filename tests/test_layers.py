@@ -127,3 +127,20 @@ def test_layers_depend_one_way():
     trainer_side = {"segdistill.train", "segdistill.losses", "segdistill.pretrain"}
     deploy_uses = {d for m, deps in graph.items() if layer(m) == "deploy" for d in deps}
     assert not any(d == t or d.startswith(t + ".") for d in deploy_uses for t in trainer_side)
+
+
+def test_every_command_is_declared_and_only_commands_run_as_main():
+    """The modules with a ``cli`` entry are exactly the ``[project.scripts]`` targets, each runnable as a file; no
+    library module runs as ``__main__`` (kernels/compile_check.py: a developer's check, not an installed command)."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    declared = {target.split(":")[0] for target in scripts.values()}
+    assert all(target.endswith(":cli") for target in scripts.values())
+    with_cli, with_main = set(), set()
+    for name, path in module_files().items():
+        tree = ast.parse(path.read_text(), str(path))
+        if any(isinstance(node, ast.FunctionDef) and node.name == "cli" for node in tree.body):
+            with_cli.add(name)
+        if any(isinstance(node, ast.If) and ast.unparse(node.test) == "__name__ == '__main__'" for node in tree.body):
+            with_main.add(name)
+    assert with_cli == declared
+    assert with_main == declared | {"segdistill.kernels.compile_check"}
