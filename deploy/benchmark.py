@@ -40,7 +40,7 @@ from segdistill.deploy.latency import LatencyStats, time_calls
 from segdistill.deploy.predictor import Predictor
 from segdistill.deploy.report import write_report
 from segdistill.deploy.shapes import ImageShape, parse_shape
-from segdistill.errors import run_command
+from segdistill.errors import command
 
 MIN_ITERATIONS = 200
 REWARM = 3  # untimed calls at the start of each later round, after the other artifacts ran
@@ -168,9 +168,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     return results
 
 
-
-def cli(argv: list[str] | None = None) -> int:
-    return run_command(lambda: main(argv))
+cli = command(main)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import torch
 from segdistill.checkpoint import save_model, sha256_of
 from segdistill.config import ModelConfig
 from segdistill.data import DatasetInfo
-from segdistill.errors import ConfigError, run_command
+from segdistill.errors import ConfigError, command
 from segdistill.models import build_model
 
 # CIRKD's input: BGR in 0..255 minus this mean (BGR order), no std. Our models see RGB; after the first
@@ -175,9 +175,7 @@ def main(argv: list[str] | None = None) -> Path:
     return Path(args.output)
 
 
-
-def cli(argv: list[str] | None = None) -> int:
-    return run_command(lambda: main(argv))
+cli = command(main)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from segdistill.errors import run_command
+from segdistill.errors import command
 from segdistill.pipeline import run_pipeline
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "demo"
@@ -24,8 +24,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return run_pipeline(CONFIGS, Path(args.output), args.overrides)
 
 
-def cli(argv: list[str] | None = None) -> int:
-    return run_command(lambda: main(argv))
+cli = command(main)
 
 
 if __name__ == "__main__":

@@ -39,12 +39,17 @@ def unknown_choice(kind: str, name: str, choices: Iterable[str], where: str = ""
     return ConfigError(f"unknown {kind} {name!r}{location}.{hint} Valid choices: {shown}")
 
 
-def run_command(main: Callable[[], T], status: Callable[[T], int] = lambda _: 0) -> int:
-    """Run a command's ``main`` and return its exit status: ``status(result)`` when it returns (0 unless the
-    command says otherwise, e.g. 1 for a failed parity gate), 2 with one line on stderr for a :class:`UserError`."""
-    try:
-        result = main()
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return status(result)
+def command(main: Callable[[list[str] | None], T], status: Callable[[T], int] = lambda _: 0) -> Callable[..., int]:
+    """A command's entry point (its ``cli``, what ``[project.scripts]`` names) from its ``main(argv)``: the exit
+    status is ``status(result)`` when ``main`` returns (0 unless the command says otherwise, e.g. 1 for a failed
+    parity gate), and 2 with one line ``error: ...`` on stderr when it raises a :class:`UserError`."""
+
+    def cli(argv: list[str] | None = None) -> int:
+        try:
+            result = main(argv)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return status(result)
+
+    return cli

@@ -23,7 +23,7 @@ from segdistill.config import DataConfig, EnergyConfig, EvalConfig
 from segdistill.data import build_dataset
 from segdistill.data.loader import eval_loader
 from segdistill.energy import start_meter
-from segdistill.errors import ConfigError, run_command
+from segdistill.errors import ConfigError, command
 from segdistill.evaluation import confusion_matrix
 from segdistill.inference import predict
 from segdistill.parsing import parse_dataclass
@@ -121,9 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-
-def cli(argv: list[str] | None = None) -> int:
-    return run_command(lambda: main(argv))
+cli = command(main)
 
 
 if __name__ == "__main__":

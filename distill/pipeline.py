@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from segdistill.errors import run_command
+from segdistill.errors import command
 from segdistill.evaluate import main as evaluate
 
 STAGES = (("teacher", "teacher.yaml"), ("student", "student.yaml"), ("student + KD", "student_kd.yaml"))
@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return run_pipeline(Path(args.configs), Path(args.output), args.overrides)
 
 
-def cli(argv: list[str] | None = None) -> int:
-    return run_command(lambda: main(argv))
+cli = command(main)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ from segdistill.config import (
 from segdistill.data.loader import DataPosition, ShardedEpochSampler
 from segdistill.data.synthetic import SyntheticScenes
 from segdistill.data.unlabelled import ImageFolder, SeededViews, SyntheticImages, view_transform
-from segdistill.errors import ConfigError, run_command
+from segdistill.errors import ConfigError, command
 from segdistill.kdep import PooledFeature, fit_basis, kdep_loss, kdep_target, load_basis, save_basis
 from segdistill.optim import build_optimizer, set_learning_rate
 from segdistill.parsing import parse_dataclass
@@ -275,9 +275,7 @@ def save_backbone(model: torch.nn.Module, path: Path, cfg: PretrainConfig, basis
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
 
 
-
-def cli(argv: list[str] | None = None) -> int:
-    return run_command(lambda: main(argv))
+cli = command(main)
 
 
 if __name__ == "__main__":

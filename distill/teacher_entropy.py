@@ -29,7 +29,7 @@ from segdistill.atomic_files import atomic_write_text  # noqa: E402
 from segdistill.checkpoint import load_model  # noqa: E402
 from segdistill.data import build_dataset  # noqa: E402
 from segdistill.data.loader import eval_loader  # noqa: E402
-from segdistill.errors import ConfigError, run_command
+from segdistill.errors import ConfigError, command
 from segdistill.evaluate import data_config  # noqa: E402
 
 BINS = 50
@@ -127,9 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-
-def cli(argv: list[str] | None = None) -> int:
-    return run_command(lambda: main(argv))
+cli = command(main)
 
 
 if __name__ == "__main__":

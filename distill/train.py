@@ -42,7 +42,7 @@ from segdistill.config import Config, config_to_dict, load_config, save_config
 from segdistill.data import build_dataset
 from segdistill.data.loader import DataPosition, eval_loader, train_loader
 from segdistill.energy import start_meter
-from segdistill.errors import ConfigError, UserError, run_command
+from segdistill.errors import ConfigError, UserError, command
 from segdistill.evaluation import confusion_matrix
 from segdistill.losses import Criterion, LossContext, TaskLoss, build_criterion
 from segdistill.metrics import SegMetrics
@@ -378,9 +378,7 @@ def model_extra(cfg: Config, step: int, metrics: SegMetrics) -> dict:
     }
 
 
-
-def cli(argv: list[str] | None = None) -> int:
-    return run_command(lambda: main(argv))
+cli = command(main)
 
 
 if __name__ == "__main__":

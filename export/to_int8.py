@@ -35,7 +35,7 @@ from segdistill.deploy.accuracy import image_batches, open_dataset
 from segdistill.deploy.artifact import ArtifactError, ArtifactInfo, read_artifact_info
 from segdistill.deploy.backends import load_predictor
 from segdistill.deploy.shapes import parse_shape
-from segdistill.errors import ConfigError, run_command
+from segdistill.errors import ConfigError, command
 from segdistill.export.onnx_graph import check_and_infer, graph_precision, save_atomic
 from segdistill.export.parity import ParityReport, add_parity_arguments, gate_artifact, vouched_range
 
@@ -191,9 +191,8 @@ def main(argv: list[str] | None = None) -> ParityReport:
     return gate_artifact(output, info, traced, args)
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """Exit status: 0 written and its parity gate passed, 1 the gate failed, 2 a user's mistake (one line on stderr)."""
-    return run_command(lambda: main(argv), lambda report: 0 if report.passed else 1)
+# exit status: 0 written and its parity gate passed, 1 the gate failed, 2 a user's mistake (one line on stderr).
+cli = command(main, lambda report: 0 if report.passed else 1)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from torch.export import Dim
 
 from segdistill.deploy.shapes import ImageShape, parse_range
 from segdistill.deploy.wrapper import DTYPES, INPUT_NAME, DeployModel, load_deploy_model
-from segdistill.errors import ConfigError, run_command
+from segdistill.errors import ConfigError, command
 from segdistill.export.onnx_graph import (
     check_and_infer,
     name_dynamic_dims,
@@ -117,9 +117,8 @@ def main(argv: list[str] | None = None) -> ParityReport:
     return gate_artifact(path, info, shape, args)
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """Exit status: 0 written and its parity gate passed, 1 the gate failed, 2 a user's mistake (one line on stderr)."""
-    return run_command(lambda: main(argv), lambda report: 0 if report.passed else 1)
+# exit status: 0 written and its parity gate passed, 1 the gate failed, 2 a user's mistake (one line on stderr).
+cli = command(main, lambda report: 0 if report.passed else 1)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from torch.export import Dim
 from segdistill.atomic_files import atomic_path
 from segdistill.deploy.shapes import ImageShape
 from segdistill.deploy.wrapper import INPUT_NAME, DeployModel, load_deploy_model
-from segdistill.errors import ConfigError, run_command
+from segdistill.errors import ConfigError, command
 from segdistill.export.options import add_model_arguments, export_shape, parse_dynamic, traced_shape
 from segdistill.export.parity import ParityReport, add_parity_arguments, gate_artifact
 from segdistill.export.shape_generic import shape_generic_padding
@@ -111,9 +111,8 @@ def main(argv: list[str] | None = None) -> list[ParityReport]:
     return reports
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """Exit status: 0 written and every parity gate passed, 1 a gate failed, 2 a user's mistake (one line on stderr)."""
-    return run_command(lambda: main(argv), lambda reports: 0 if all(report.passed for report in reports) else 1)
+# exit status: 0 written and every parity gate passed, 1 a gate failed, 2 a user's mistake (one line on stderr).
+cli = command(main, lambda reports: 0 if all(report.passed for report in reports) else 1)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from segdistill.checkpoint import resolve_model_path, sha256_of
 from segdistill.deploy.artifact import ArtifactError, ArtifactInfo, read_artifact_info, sidecar_path
 from segdistill.deploy.backends.trt_engine import gpu_description, require_cuda, tensorrt_module
 from segdistill.deploy.shapes import ImageShape, accepts, parse_shape
-from segdistill.errors import ConfigError, run_command
+from segdistill.errors import ConfigError, command
 from segdistill.export.onnx_graph import graph_precision
 from segdistill.export.parity import ParityReport, add_parity_arguments, gate_artifact
 
@@ -241,9 +241,8 @@ def main(argv: list[str] | None = None) -> ParityReport | None:
     return gate_artifact(plan, info, shapes[1], args, backend="tensorrt", device="cuda", shapes=[shapes[1], *dynamic_shapes])
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """Exit status: 0 written and its parity gate passed, 1 the gate failed, 2 a user's mistake (one line on stderr)."""
-    return run_command(lambda: main(argv), lambda report: 0 if report is None or report.passed else 1)
+# exit status: 0 written and its parity gate passed, 1 the gate failed, 2 a user's mistake (one line on stderr).
+cli = command(main, lambda report: 0 if report is None or report.passed else 1)
 
 
 if __name__ == "__main__":

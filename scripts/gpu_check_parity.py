@@ -18,7 +18,7 @@ from segdistill.deploy.accuracy import default_shape
 from segdistill.deploy.backends import load_predictor
 from segdistill.deploy.backends.torch_modules import eager_predictor
 from segdistill.deploy.shapes import parse_shape
-from segdistill.errors import run_command
+from segdistill.errors import command
 from segdistill.export.parity import THRESHOLDS, run_parity
 
 
@@ -40,4 +40,4 @@ def main(argv: list[str] | None = None) -> bool:
 
 
 if __name__ == "__main__":  # 2: an artifact without its sidecar, a backend that cannot run here
-    sys.exit(run_command(main, lambda passed: 0 if passed else 1))
+    sys.exit(command(main, lambda passed: 0 if passed else 1)())

@@ -22,7 +22,7 @@ import re
 import sys
 from pathlib import Path
 
-from segdistill.errors import run_command
+from segdistill.errors import command
 from segdistill.study.figures import comparison_bars, grid_heatmap
 from segdistill.study.results import StudyResult, read_study
 from segdistill.study.space import describe_params
@@ -114,9 +114,7 @@ def main(argv: list[str] | None = None) -> Path:
     return report
 
 
-
-def cli(argv: list[str] | None = None) -> int:
-    return run_command(lambda: main(argv))
+cli = command(main)
 
 
 if __name__ == "__main__":

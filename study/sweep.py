@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from segdistill.errors import ConfigError, run_command
+from segdistill.errors import ConfigError, command
 from segdistill.processes import die_with_parent
 from segdistill.study.space import check_against_config, load_space
 from segdistill.study.storage import create_study, default_storage
@@ -105,9 +105,7 @@ def main(argv: list[str] | None = None) -> Path:
     return study_dir
 
 
-
-def cli(argv: list[str] | None = None) -> int:
-    return run_command(lambda: main(argv))
+cli = command(main)
 
 
 if __name__ == "__main__":

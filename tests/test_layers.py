@@ -130,7 +130,7 @@ def test_layers_depend_one_way():
 
 
 def test_every_command_is_declared_and_only_commands_run_as_main():
-    """The modules with a ``cli`` entry are exactly the ``[project.scripts]`` targets, each runnable as a file; no
+    """The modules with ``cli = command(main...)`` are exactly the ``[project.scripts]`` targets, each runnable as a file; no
     library module runs as ``__main__`` (kernels/compile_check.py: a developer's check, not an installed command)."""
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     declared = {target.split(":")[0] for target in scripts.values()}
@@ -138,7 +138,7 @@ def test_every_command_is_declared_and_only_commands_run_as_main():
     with_cli, with_main = set(), set()
     for name, path in module_files().items():
         tree = ast.parse(path.read_text(), str(path))
-        if any(isinstance(node, ast.FunctionDef) and node.name == "cli" for node in tree.body):
+        if any(isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "cli" and ast.unparse(node.value).startswith("command(main") for node in tree.body):
             with_cli.add(name)
         if any(isinstance(node, ast.If) and ast.unparse(node.test) == "__name__ == '__main__'" for node in tree.body):
             with_main.add(name)
