@@ -38,3 +38,11 @@ def traced_shape(shape: ImageShape, dynamic: set[str]) -> list[int | str]:
     """N, 3, H, W with the names of the dynamic dimensions in their place."""
     n, h, w = (name if name in dynamic else value for name, value in zip(DYNAMIC_DIMS, (shape.batch, shape.height, shape.width), strict=True))
     return [n, 3, h, w]
+
+
+def model_name(meta: dict[str, Any]) -> str:
+    """How messages name the exported model: its backbone (or torchvision model) and head."""
+    model = meta["model"]
+    if model.get("torchvision_model"):
+        return f"model {model['torchvision_model']!r}"
+    return f"model {model['backbone']!r} + {model.get('head', 'fcn')!r}"

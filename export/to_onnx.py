@@ -36,7 +36,13 @@ from segdistill.export.onnx_graph import (
     shapes_after_uint8_cast,
     slim,
 )
-from segdistill.export.options import add_model_arguments, export_shape, parse_dynamic, traced_shape
+from segdistill.export.options import (
+    add_model_arguments,
+    export_shape,
+    model_name,
+    parse_dynamic,
+    traced_shape,
+)
 from segdistill.export.parity import ParityReport, add_parity_arguments, gate_artifact
 from segdistill.export.shape_generic import shape_generic_pooling
 
@@ -64,8 +70,11 @@ def input_axes(model: DeployModel, dynamic: set[str]) -> dict[int, str]:
     return {axes[name]: name for name in dynamic}
 
 
-def export_onnx(model: DeployModel, shape: ImageShape, dynamic: set[str], path: Path, opset: int = MIN_OPSET, use_slim: bool = False) -> None:
-    """Trace ``model`` at ``shape`` with ``dynamic`` dimensions left free and write a checked ONNX file."""
+def export_onnx(
+    model: DeployModel, shape: ImageShape, dynamic: set[str], path: Path, name: str, opset: int = MIN_OPSET, use_slim: bool = False
+) -> None:
+    """Trace ``model`` at ``shape`` with ``dynamic`` dimensions left free and write a checked ONNX file; one
+    message naming ``name`` if torch.export cannot trace it (the file already at ``path`` is kept)."""
     if opset < MIN_OPSET:
         raise ConfigError(f"--opset {opset}: use {MIN_OPSET} or newer (the dynamo exporter's translations need it)")
     axes = input_axes(model, dynamic)
@@ -73,24 +82,37 @@ def export_onnx(model: DeployModel, shape: ImageShape, dynamic: set[str], path: 
     dynamic_shapes = {INPUT_NAME: dict.fromkeys(axes, Dim.DYNAMIC)} if axes else None
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp, shape_generic_pooling(), torch.no_grad():
         raw = Path(tmp) / "raw.onnx"
-        torch.onnx.export(
-            model,
-            (example_input(model, shape),),
-            str(raw),
-            dynamo=True,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=[model.output],
-            dynamic_shapes=dynamic_shapes,
-            external_data=False,
-            optimize=True,
-            verbose=False,
-        )
+        try:
+            torch.onnx.export(
+                model,
+                (example_input(model, shape),),
+                str(raw),
+                dynamo=True,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[model.output],
+                dynamic_shapes=dynamic_shapes,
+                external_data=False,
+                optimize=True,
+                verbose=False,
+            )
+        except torch.onnx.OnnxExporterError as err:  # torch.export could not trace the model: say which and why
+            raise ConfigError(untraceable(err, name, dynamic, path)) from None
         graph = onnx.load(str(raw))
     name_dynamic_dims(graph, axes)
     shapes_after_uint8_cast(graph)
     graph = check_and_infer(slim(graph) if use_slim else graph)
     save_atomic(graph, path)
+
+
+def untraceable(err: Exception, name: str, dynamic: set[str], path: Path) -> str:
+    cause = err
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    reason = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
+    free = f" with dynamic {', '.join(sorted(dynamic))}" if dynamic else ""
+    hint = "; export it static instead (without --dynamic, at the --shape you deploy)" if dynamic else ""
+    return f"torch.export cannot trace {name}{free}, so {str(path)!r} is left as it was: {reason}{hint}"
 
 
 def default_path(args: argparse.Namespace) -> Path:
@@ -108,7 +130,7 @@ def main(argv: list[str] | None = None) -> ParityReport:
         parse_range(args.shape_range, shape)
     path = Path(args.out) if args.out else default_path(args)
     print(f"exporting {args.checkpoint} at {shape} (dynamic: {', '.join(sorted(dynamic)) or 'none'}) to {path}")
-    export_onnx(model, shape, dynamic, path, args.opset, args.slim)
+    export_onnx(model, shape, dynamic, path, model_name(meta), args.opset, args.slim)
     info = model.artifact_info("onnx", meta, args.checkpoint, traced_shape(shape, dynamic))
     info.versions.update(onnx=onnx.__version__, onnxscript=onnxscript.__version__, onnxruntime=onnxruntime.__version__)
     if args.slim:

@@ -24,7 +24,13 @@ from segdistill.atomic_files import atomic_path
 from segdistill.deploy.shapes import ImageShape
 from segdistill.deploy.wrapper import INPUT_NAME, DeployModel, load_deploy_model
 from segdistill.errors import ConfigError, command
-from segdistill.export.options import add_model_arguments, export_shape, parse_dynamic, traced_shape
+from segdistill.export.options import (
+    add_model_arguments,
+    export_shape,
+    model_name,
+    parse_dynamic,
+    traced_shape,
+)
 from segdistill.export.parity import ParityReport, add_parity_arguments, gate_artifact
 from segdistill.export.shape_generic import shape_generic_padding
 from segdistill.export.to_onnx import example_input, input_axes
@@ -102,7 +108,7 @@ def main(argv: list[str] | None = None) -> list[ParityReport]:
                 print(f"not scriptable, so no {path.name} (the traced {paths['trace'].name} serves): {reason}")
                 continue
         else:
-            export_program(model, shape, dynamic, path, f"model {meta['model'].get('torchvision_model') or meta['model']['backbone']!r}")
+            export_program(model, shape, dynamic, path, model_name(meta))
         kind = "torch_export" if fmt == "export" else "torchscript"
         info = model.artifact_info(kind, meta, args.checkpoint, traced_shape(shape, dynamic))
         info.extra.update(method=fmt, traced_at=str(shape))
