@@ -35,11 +35,11 @@ class TinySegNet(nn.Module):
         c3 = self.backbone(images)
         c3 = c3 * self.gate(c3)[:, :, None, None]
         logits = self.decode_head["classifier"](self.decode_head["fuse"](c3))
-        aux = self.aux_classifier(c3) if self.aux_classifier is not None else None
+        aux = self.aux_classifier(c3)  # always: a user's model need not allow its modules to be removed
         if self.output == "tensor":
             return logits
         if self.output == "dict":
-            return OrderedDict(out=logits, aux=aux) if aux is not None else OrderedDict(out=logits)
+            return OrderedDict(out=logits, aux=aux)
         if self.output == "seg_output":
             return SegOutput(logits, aux, {"c3": c3})
         return logits, aux  # "tuple": a form FactoryModel does not accept
