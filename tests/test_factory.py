@@ -91,6 +91,7 @@ def one_error_line(argv: list[str], capsys) -> str:
         ("model.factory=tests.factory_models:no_such_function", "config key 'model.factory': module 'tests.factory_models' has no function 'no_such_function'"),
         ("model.factory_kwargs.depth=3", "config key 'model.factory_kwargs': tests.factory_models:tiny_segnet could not be called"),
         ("model.features.c3=backbone.layer9", "config key 'model.features.c3': the model has no module 'backbone.layer9'. Did you mean 'backbone.layer3'"),
+        ("teacher.model.features.head=decode_head.fuze", "config key 'teacher.model.features.head': the model has no module 'decode_head.fuze'. Did you mean 'decode_head.fuse'"),
         ("model.factory_kwargs.output=tuple", "config key 'model.factory': the model's forward returns tuple; expected a SegOutput"),
         ("model.factory_kwargs.num_classes=3", "config key 'model.factory': the model's logits must be a (B, 9, H, W) tensor"),
         ("model.features.c3=gate", "config key 'model.features.c3': module 'gate' returns a tensor of shape (2, 16); the losses read (B, C, H, W) maps"),
