@@ -15,6 +15,8 @@ from torch import nn
 from segdistill.checkpoint import load_model, resolve_model_path, sha256_of
 from segdistill.config import IMAGENET_MEAN, IMAGENET_STD
 from segdistill.deploy.artifact import ArtifactInfo, TensorSpec
+from segdistill.models.segmentor import Segmentor
+from segdistill.models.torchvision_seg import TorchvisionSegmentor
 
 OUTPUT_KINDS = ("logits", "labels")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -91,12 +93,12 @@ class DeployModel(nn.Module):
 
 
 def drop_auxiliary_head(model: nn.Module) -> nn.Module:
-    """Deployment never reads the auxiliary logits, so the deployed model does not compute them."""
-    if getattr(model, "aux_head", None) is not None:
+    """Deployment never reads the auxiliary logits, so the deployed model does not compute them. Only in our
+    own models and torchvision's, which allow it: a ``model.factory`` module is left as its author wrote it."""
+    if isinstance(model, Segmentor):
         model.aux_head = None
-    net = getattr(model, "net", None)
-    if getattr(net, "aux_classifier", None) is not None:
-        net.aux_classifier = None
+    elif isinstance(model, TorchvisionSegmentor):
+        model.net.aux_classifier = None
     return model
 
 

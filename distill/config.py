@@ -75,6 +75,13 @@ class ModelConfig:
     dropout: float = 0.1
     # A complete torchvision segmentation model instead of backbone + head (e.g. "deeplabv3_resnet50").
     torchvision_model: str | None = None
+    # Any nn.Module instead of backbone + head: "package.module:function", called with factory_kwargs; its
+    # module must be importable (on PYTHONPATH or installed). See docs/models.md.
+    factory: str | None = None
+    factory_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Tensors of a factory model the losses can bind to: name -> module path, recorded by forward hooks
+    # (e.g. {c3: "backbone.layer3", head: "decode_head.fuse"}).
+    features: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -55,7 +55,7 @@ def build_teacher(cfg: TeacherConfig, info: DatasetInfo, data: DataConfig) -> nn
         own_mean = own_mean or tuple(meta.get("mean", data.mean))
         own_std = own_std or tuple(meta.get("std", data.std))
     else:
-        teacher = build_model(cfg.model, info.num_classes)
+        teacher = build_model(cfg.model, info.num_classes, "teacher.model")
         if cfg.weights is not None:
             load_weights(teacher, cfg.weights)
     own_mean, own_std = tuple(own_mean or data.mean), tuple(own_std or data.std)

@@ -202,11 +202,23 @@ def test_finite_on_odd_sizes(b: int, k: int, h: int, w: int, scale: float, varia
     assert torch.isfinite(loss.discriminator_loss(student, teacher))
 
 
-def test_shape_mismatch_fails_at_build_time() -> None:
-    student = SegOutput(torch.zeros(2, 3, 8, 8))
-    teacher = SegOutput(torch.zeros(2, 3, 4, 4))
-    with pytest.raises(ConfigError, match=r"losses\[0\]: loss 'skd_adversarial' \(student 'logits'.*same output stride"):
-        build_criterion([LossConfig(name="skd_adversarial")], TaskLoss(255), student, teacher)
+def test_channel_mismatch_fails_at_build_time() -> None:
+    student = SegOutput(torch.zeros(2, 3, 4, 4), None, {"head": torch.zeros(2, 8, 4, 4)})
+    teacher = SegOutput(torch.zeros(2, 3, 4, 4), None, {"head": torch.zeros(2, 16, 4, 4)})
+    with pytest.raises(ConfigError, match=r"losses\[0\]: loss 'skd_adversarial' \(student 'head'.*same number of channels"):
+        build_criterion([LossConfig(name="skd_adversarial", student="head", teacher="head")], TaskLoss(255), student, teacher)
+
+
+def test_student_logits_of_another_stride_are_resized_to_the_teacher() -> None:
+    """The discriminator scores the student's stride-4 logits at the stride-8 teacher's size (a heterogeneous pair)."""
+    student, teacher = logits(0, (2, 3, 8, 8))[0], logits(1, (2, 3, 4, 4))[0]
+    resized = F.interpolate(student, size=(4, 4), mode="bilinear", align_corners=False)
+
+    def both_terms(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = adversarial((2, 3, 4, 4), conv_dim=2).double()  # a fresh copy: spectral norm updates at each call
+        return loss(s, teacher, NO_CONTEXT), loss.discriminator_loss(s, teacher)
+
+    assert all(torch.equal(x, y) for x, y in zip(both_terms(student), both_terms(resized), strict=True))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -507,12 +507,23 @@ def test_finite_on_odd_sizes(b: int, c_s: int, c_t: int, h: int, w: int, scale: 
         value.backward()
 
 
-@pytest.mark.parametrize("name", ["skd_pairwise", "ifvd", "cirkd_minibatch", "cirkd_memory"])
-def test_spatial_size_mismatch_fails_at_build_time(name: str) -> None:
-    student = SegOutput(torch.zeros(2, 3, 8, 8), None, {"head": torch.zeros(2, 8, 8, 8)})
+@pytest.mark.parametrize("name", ["skd_pairwise", "ifvd", "cirkd_minibatch"])
+def test_student_of_another_stride_is_resized_to_the_teacher(name: str) -> None:
+    """A stride-4 student and a stride-8 teacher (a heterogeneous pair): the student map is resized bilinearly
+    to the teacher's size, as every other loss does, then compared as at one stride."""
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 8, 8, 8, generator=g, dtype=torch.float64), torch.randn(2, 16, 4, 4, generator=g, dtype=torch.float64)
+    labels = LossContext(torch.randint(0, 3, (2, 16, 16), generator=g), IGNORE, 3)
+    resized = F.interpolate(student, size=(4, 4), mode="bilinear", align_corners=False)
+    assert torch.equal(build(name, student.shape, teacher.shape)(student, teacher, labels), build(name, resized.shape, teacher.shape)(resized, teacher, labels))
+
+
+def test_relational_losses_refuse_tensors_that_are_not_maps() -> None:
+    student = SegOutput(torch.zeros(2, 3, 4, 4), None, {"head": torch.zeros(2, 8)})
     teacher = SegOutput(torch.zeros(2, 3, 4, 4), None, {"head": torch.zeros(2, 16, 4, 4)})
-    with pytest.raises(ConfigError, match=rf"losses\[0\]: loss '{name}' \(student 'head' \(2, 8, 8, 8\), teacher 'head' \(2, 16, 4, 4\)\).*spatial size"):
-        build_criterion([LossConfig(name=name)], TaskLoss(IGNORE), student, teacher)
+    for name in ("skd_pairwise", "ifvd", "cirkd_minibatch", "cirkd_memory"):
+        with pytest.raises(ConfigError, match=rf"losses\[0\]: loss '{name}' \(student 'head' \(2, 8\).*must be a \(B, C, H, W\) map"):
+            build_criterion([LossConfig(name=name)], TaskLoss(IGNORE), student, teacher)
 
 
 def test_cirkd_memory_queues_sized_from_the_class_count() -> None:

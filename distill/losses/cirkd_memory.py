@@ -14,7 +14,8 @@ slots and ``region_contrast // K + 1`` region-queue slots of every class (one ra
 
 computed for the pixel queue (p2p) and the region queue (p2r), returned as the named parts ``pixel``
 (pixel_weight * p2p) and ``region`` (region_weight * p2r), logged apart (tau = 0.1, T = 1). The projection head is ``Conv1x1(C_s -> C_t) -> BN -> ReLU ->
-Conv1x1(C_t -> C_t)`` without biases (its BN becomes SyncBN in multi-GPU runs, as the trainer converts
+Conv1x1(C_t -> C_t)`` without biases, its output resized bilinearly to the teacher's size when the output
+strides differ (its BN becomes SyncBN in multi-GPU runs, as the trainer converts
 loss modules); it learns with the student. The queues are buffers: saved and resumed with the training
 state. Published weights: lambda_mp = lambda_mr = 0.1 (VOC scripts 0.01): use the config ``weight`` with
 both inner weights at 1.
@@ -35,6 +36,7 @@ from torch import nn
 
 from segdistill.errors import ConfigError
 from segdistill.losses.base import DistillLoss, LossContext
+from segdistill.losses.connectors import match_size, require_maps
 from segdistill.losses.registry import LOSSES
 
 
@@ -79,8 +81,7 @@ class CIRKDMemory(DistillLoss):
         self, params: CIRKDMemoryParams, student_shape: torch.Size, teacher_shape: torch.Size, num_classes: int
     ) -> None:
         super().__init__(params, student_shape, teacher_shape)
-        if len(student_shape) != 4 or student_shape[2:] != teacher_shape[2:]:
-            raise ConfigError("expected student and teacher features of one spatial size (the same output stride)")
+        require_maps(student_shape, teacher_shape)
         sizes = (params.pixel_memory, params.region_memory, params.pixel_contrast, params.region_contrast, params.pixels_per_class)
         if min(sizes) < 1 or params.tau <= 0 or params.kd_temperature <= 0:
             raise ConfigError(f"expected positive sizes and temperatures, got {params}")
@@ -119,7 +120,7 @@ class CIRKDMemory(DistillLoss):
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, context: LossContext) -> dict[str, torch.Tensor]:
         p, k = self.params, self.num_classes
-        s = F.normalize(self.projection(student), dim=1)
+        s = F.normalize(match_size(self.projection(student), teacher), dim=1)
         t = F.normalize(teacher, dim=1)
         labels = context.labels_at(s.shape[2:])
         self.enqueue(t, labels)  # before the loss, as the official code: this batch is in the memory

@@ -10,8 +10,9 @@ channel counts of student and teacher may differ (no adapter):
 
 Any label outside [0, K) is ignored: such a pixel's "prototype" is its own feature, so M = 1 in both
 networks; it adds 0 to the error but still counts in the mean's denominator (as in the official code).
-The gradient reaches the student's feature also through its prototypes. Default binding: the ``head``
-feature (the PSP-module output in the official PSPNet pair); the labels come from the loss context.
+The gradient reaches the student's feature also through its prototypes. A student map of another size is
+resized bilinearly to the teacher's first (another output stride). Default binding: the ``head`` feature (the
+PSP-module output in the official PSPNet pair); the labels come from the loss context.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from segdistill.errors import ConfigError
 from segdistill.losses.base import DistillLoss, LossContext
+from segdistill.losses.connectors import match_size, require_maps
 from segdistill.losses.registry import LOSSES
 
 
@@ -44,10 +45,10 @@ class IFVD(DistillLoss):
 
     def __init__(self, params, student_shape: torch.Size, teacher_shape: torch.Size) -> None:
         super().__init__(params, student_shape, teacher_shape)
-        if len(student_shape) != 4 or student_shape[2:] != teacher_shape[2:]:
-            raise ConfigError("expected student and teacher features of one spatial size (the same output stride)")
+        require_maps(student_shape, teacher_shape)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, context: LossContext) -> torch.Tensor:
+        student = match_size(student, teacher)
         labels = context.labels_at(student.shape[2:])
         m_s = prototype_similarity(student, labels, context.num_classes)
         m_t = prototype_similarity(teacher, labels, context.num_classes)

@@ -15,7 +15,8 @@ Discriminator loss, minimised by the trainer's discriminator step with its own o
 
 E is the mean over the batch and D's score map. D is :class:`SAGANDiscriminator` on the logits only (the
 official code; the paper's conditional D that also sees the image is not implemented there either).
-Student and teacher tensors must have the same shape (D scores both; the penalty mixes them).
+Student and teacher tensors must have the same channels (D scores both; the penalty mixes them); a student
+tensor of another size is resized bilinearly to the teacher's.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch import nn
 
 from segdistill.errors import ConfigError
 from segdistill.losses.base import AdversarialLoss, LossContext
+from segdistill.losses.connectors import match_size, require_same_channels
 from segdistill.losses.discriminator import SAGANDiscriminator
 from segdistill.losses.registry import LOSSES
 
@@ -60,11 +62,7 @@ class SKDAdversarial(AdversarialLoss):
     Params = SKDAdversarialParams
 
     def __init__(self, params: SKDAdversarialParams, student_shape: torch.Size, teacher_shape: torch.Size) -> None:
-        if len(student_shape) != 4 or student_shape[1:] != teacher_shape[1:]:
-            raise ConfigError(
-                "the discriminator scores student and teacher tensors of one (C, H, W) shape; bind both to "
-                "logits of the same output stride"
-            )
+        require_same_channels(student_shape, teacher_shape, "the discriminator scores both")
         if params.conv_dim < 1 or params.discriminator_weight <= 0 or params.gradient_penalty < 0:
             raise ConfigError(
                 f"expected params conv_dim >= 1, discriminator_weight > 0 and gradient_penalty >= 0, got {params}"
@@ -74,10 +72,10 @@ class SKDAdversarial(AdversarialLoss):
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, context: LossContext) -> torch.Tensor:
         # The student's step must not train D: its gradient reaches the student only.
         with frozen(self.discriminator):
-            return -self.discriminator(student).mean()
+            return -self.discriminator(match_size(student, teacher)).mean()
 
     def discriminator_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        p = self.params
+        p, student = self.params, match_size(student, teacher)
         d_student, d_teacher = self.discriminator(student), self.discriminator(teacher)
         if p.variant == "hinge":
             return p.discriminator_weight * (torch.relu(1 - d_teacher).mean() + torch.relu(1 + d_student).mean())

@@ -17,7 +17,8 @@ affinity matrix is matched to the teacher's:
 
 ``normalization``: ``detached`` (official, default) divides by ||f|| + 1e-8 with the norm detached, so no
 gradient flows through the normaliser; ``normalize`` uses ``F.normalize`` (the re-implementations),
-which keeps that gradient. The two give the same value and different gradients.
+which keeps that gradient. The two give the same value and different gradients. A student map of another
+size is resized bilinearly to the teacher's before pooling, so both have the same nodes.
 Default binding: the ``head`` feature (the PSP-module output in the official pair).
 """
 
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from segdistill.errors import ConfigError
 from segdistill.kernels import pairwise_affinity_mse
 from segdistill.losses.base import DistillLoss, LossContext
+from segdistill.losses.connectors import match_size, require_maps
 from segdistill.losses.registry import LOSSES
 
 
@@ -67,14 +69,13 @@ class SKDPairwise(DistillLoss):
 
     def __init__(self, params: SKDPairwiseParams, student_shape: torch.Size, teacher_shape: torch.Size) -> None:
         super().__init__(params, student_shape, teacher_shape)
-        if len(student_shape) != 4 or student_shape[2:] != teacher_shape[2:]:
-            raise ConfigError("expected student and teacher features of one spatial size (the same nodes)")
+        require_maps(student_shape, teacher_shape)
         if not 0 < params.pool_scale <= 1:
             raise ConfigError(f"expected params.pool_scale in (0, 1], got {params.pool_scale}")
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, context: LossContext) -> torch.Tensor:
         norm = self.params.normalization
-        s = unit_nodes(pool_into_nodes(student, self.params), norm)
+        s = unit_nodes(pool_into_nodes(match_size(student, teacher), self.params), norm)
         t = unit_nodes(pool_into_nodes(teacher, self.params), norm)
         b, _, n = t.shape
         return pairwise_affinity_mse(s, t) / n**2 / b

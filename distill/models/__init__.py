@@ -6,6 +6,7 @@ from torch import nn
 
 from segdistill.errors import ConfigError, unknown_choice
 from segdistill.models.backbones import build_backbone, check_backbone
+from segdistill.models.factory import build_factory_model, check_factory_config
 from segdistill.models.heads import HEADS, build_head
 from segdistill.models.output import FEATURE_NAMES, TENSOR_NAMES, SegOutput
 from segdistill.models.segmentor import Segmentor, aux_fcn_head
@@ -14,6 +15,11 @@ from segdistill.models.torchvision_seg import TORCHVISION_SEGMENTATION, Torchvis
 
 def check_model_config(cfg, where: str = "model") -> None:
     """Validate names and files of a :class:`segdistill.config.ModelConfig` without building it."""
+    if cfg.factory is not None:
+        check_factory_config(cfg, where)
+        return
+    if cfg.features:
+        raise ConfigError(f"config key '{where}.features': recording module outputs needs a '{where}.factory' model; ours name theirs (c1..c4, head)")
     if cfg.torchvision_model is not None:
         if cfg.torchvision_model not in TORCHVISION_SEGMENTATION:
             raise unknown_choice("torchvision segmentation model", cfg.torchvision_model, TORCHVISION_SEGMENTATION, f"{where}.torchvision_model")
@@ -24,9 +30,11 @@ def check_model_config(cfg, where: str = "model") -> None:
     check_backbone(cfg.backbone, cfg.output_stride, cfg.pretrained, where)
 
 
-def build_model(cfg, num_classes: int) -> nn.Module:
-    """A model whose forward returns :class:`SegOutput`."""
-    check_model_config(cfg)
+def build_model(cfg, num_classes: int, where: str = "model") -> nn.Module:
+    """A model whose forward returns :class:`SegOutput`; ``where`` is its config key in error messages."""
+    check_model_config(cfg, where)
+    if cfg.factory is not None:
+        return build_factory_model(cfg, num_classes, where)
     if cfg.torchvision_model is not None:
         return TorchvisionSegmentor(cfg.torchvision_model, num_classes, hub_weights=cfg.pretrained == "hub", aux=cfg.aux_head)
     backbone = build_backbone(cfg.backbone, cfg.output_stride, cfg.pretrained, cfg.backbone_kwargs)
