@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from segdistill.errors import ConfigError
+from segdistill.labels import resize_labels
 from segdistill.losses.base import DistillLoss, LossContext
 from segdistill.losses.registry import LOSSES
 
@@ -48,7 +49,7 @@ class IFVD(DistillLoss):
             raise ConfigError("expected student and teacher features of one spatial size (the same output stride)")
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, context: LossContext) -> torch.Tensor:
-        labels = context.labels_at(student.shape[2:])
+        labels = resize_labels(context.labels, student.shape[2:])
         m_s = prototype_similarity(student, labels, context.num_classes)
         m_t = prototype_similarity(teacher, labels, context.num_classes)
         return F.mse_loss(m_s, m_t)
