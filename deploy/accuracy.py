@@ -13,7 +13,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from segdistill.config import DataConfig
-from segdistill.data import build_dataset
+from segdistill.data import build_dataset, data_option
 from segdistill.deploy.artifact import ArtifactError, ArtifactInfo
 from segdistill.deploy.predictor import Predictor
 from segdistill.deploy.shapes import ImageShape
@@ -28,10 +28,7 @@ def open_dataset(spec: str | None, data_settings: dict[str, Any], split: str | N
     the training run's validation split. Images are rescaled by ``data.resize`` as in training."""
     cfg = parse_dataclass(DataConfig, dict(data_settings), "data") if data_settings else DataConfig()
     if spec:
-        name, _, root = spec.partition(":")
-        if name != cfg.name:
-            cfg = DataConfig(name=name, resize=cfg.resize)
-        cfg.root = root or cfg.root
+        cfg = data_option(spec, cfg)
     return build_dataset(cfg, split or cfg.val_split)
 
 
