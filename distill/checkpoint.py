@@ -13,7 +13,8 @@ leaves either the old file or the new one, never a broken one.
 
 Both trainers (``train.py``, ``pretrain.py``) follow one protocol, written here once: :func:`resume_target`
 (what to resume from, or a refusal to overwrite a run), :func:`resume_state`, :func:`save_training_state`, and
-:func:`stop_if_not_finite` (a diverged run stops naming the checkpoint to resume from).
+:func:`stop_if_not_finite` (a diverged run stops naming the checkpoint to resume from). The folders' names
+are ``state_folders.py``'s.
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +38,16 @@ from segdistill.errors import ConfigError, UserError
 from segdistill.models import build_model
 from segdistill.parsing import parse_dataclass
 from segdistill.safe_load import LOAD_ERRORS, UnreadableTensors, load_tensors, refusal_reason
+from segdistill.state_folders import (
+    PROGRESS_NAME,
+    abandoned_dir,
+    final_state_dir,
+    pending_state_dir,
+    state_dirs,
+)
 
 FORMAT = "segdistill-model/1"
-WEIGHTS_NAME, META_NAME, PROGRESS_NAME = "model.safetensors", "model.json", "progress.json"
-STATE_PATTERN = re.compile(r"^step_(\d+)$")
+WEIGHTS_NAME, META_NAME = "model.safetensors", "model.json"
 RNG_NAME = "random_states_{}.pkl"  # Accelerate's file of each process's RNG states
 RNG_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")
 
@@ -146,24 +151,6 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 # Training state
 
 
-def state_dirs(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete training-state folders of a run, oldest first."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        match = STATE_PATTERN.match(child.name)
-        if match and (child / PROGRESS_NAME).is_file():
-            found.append((int(match.group(1)), child))
-    return sorted(found)
-
-
-def pending_state_dir(run_dir: str | Path, step: int) -> Path:
-    """Where the state of ``step`` is written before :func:`commit_state` gives it its final name."""
-    return Path(run_dir) / "checkpoints" / f".tmp_step_{step:07d}"
-
-
 def resume_target(run_dir: str | Path, resume: str | None, processes: int) -> Path | None:
     """The checked training state that ``--resume [PATH]`` names (see :func:`check_state`). Without ``--resume``
     (None) the run folder must hold no training state: a started or finished run is never overwritten."""
@@ -236,7 +223,7 @@ def retire_later_states(run_dir: str | Path, step: int) -> Path | None:
     later = [path for found, path in state_dirs(run_dir) if found > step]
     if not later:
         return None
-    aside = Path(run_dir) / "checkpoints" / f"abandoned_{time.strftime('%Y%m%dT%H%M%S')}_from_step_{step:07d}"
+    aside = abandoned_dir(run_dir, step)
     aside.mkdir(exist_ok=True)
     for path in later:
         os.replace(path, aside / path.name)
@@ -270,7 +257,7 @@ def save_training_state(accelerator: Accelerator, run_dir: str | Path, progress:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     accelerator.wait_for_everyone()
-    final = tmp.parent / tmp.name.removeprefix(".tmp_")
+    final = final_state_dir(tmp)
     if accelerator.is_main_process:
         commit_state(tmp, final, {**progress, "processes": accelerator.num_processes}, keep)
     accelerator.wait_for_everyone()

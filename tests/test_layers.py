@@ -8,7 +8,7 @@ from pathlib import Path
 
 import tomllib
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_python
 
 PACKAGE_DIRS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
 
@@ -127,3 +127,12 @@ def test_layers_depend_one_way():
     trainer_side = {"segdistill.train", "segdistill.losses", "segdistill.pretrain"}
     deploy_uses = {d for m, deps in graph.items() if layer(m) == "deploy" for d in deps}
     assert not any(d == t or d.startswith(t + ".") for d in deploy_uses for t in trainer_side)
+
+
+def test_the_study_layer_imports_no_torch():
+    """A study worker decides a trial's state (its run folder's checkpoints) without torch; training runs in
+    its own process."""
+    study = sorted(m for m in module_files() if m.startswith("segdistill.study."))
+    done = run_python(["-c", f"import sys; import {', '.join(study)}; print('torch' in sys.modules)"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
