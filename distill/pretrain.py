@@ -8,7 +8,8 @@ images without labels, and then initialises a student for segmentation.
    vectors are saved (``svd.basis``, by default OUTPUT/svd_basis.safetensors). A basis that exists is reused.
 2. Training: loss = w * MSE(f_s, PTS((f_t - mean) V)), SGD (``optimizer``), learning rate divided by 10
    at the fractions ``lr_steps`` of the run (1/3 and 2/3, as the paper). Checkpoints as the segmentation
-   trainer's (Accelerate state + progress.json, written aside and renamed); ``--resume`` continues the latest.
+   trainer's (Accelerate state + progress.json, written aside and renamed; the same protocol, distill/checkpoint.py,
+   and the same stop on a non-finite loss); ``--resume`` continues the latest.
 3. Output: OUTPUT/student_backbone.safetensors, the student's timm weights (no classifier), which a
    segmentation config loads with ``model.backbone: <student.name>`` and ``model.pretrained: <that file>``.
 """
