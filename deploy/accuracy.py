@@ -8,17 +8,17 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from segdistill.config import DataConfig
-from segdistill.data import build_dataset
+from segdistill.data import build_dataset, data_option
 from segdistill.deploy.artifact import ArtifactError, ArtifactInfo
 from segdistill.deploy.predictor import Predictor
 from segdistill.deploy.shapes import ImageShape
 from segdistill.errors import ConfigError
+from segdistill.labels import resize_labels
 from segdistill.metrics import ConfusionMatrix, SegMetrics
 from segdistill.parsing import parse_dataclass
 
@@ -28,10 +28,7 @@ def open_dataset(spec: str | None, data_settings: dict[str, Any], split: str | N
     the training run's validation split. Images are rescaled by ``data.resize`` as in training."""
     cfg = parse_dataclass(DataConfig, dict(data_settings), "data") if data_settings else DataConfig()
     if spec:
-        name, _, root = spec.partition(":")
-        if name != cfg.name:
-            cfg = DataConfig(name=name, resize=cfg.resize)
-        cfg.root = root or cfg.root
+        cfg = data_option(spec, cfg)
     return build_dataset(cfg, split or cfg.val_split)
 
 
@@ -87,14 +84,6 @@ def image_batches(dataset: Dataset, info: ArtifactInfo, max_images: int | None =
         yield torch.stack(images).permute(0, 2, 3, 1).numpy(), torch.stack([lab for _, lab in items])
 
 
-def labels_at(predictions: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """int32 (N, H, W) predictions -> int64 (N, h, w), nearest."""
-    pred = torch.from_numpy(predictions).long()
-    if tuple(pred.shape[-2:]) == tuple(size):
-        return pred
-    return F.interpolate(pred[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
-
-
 def evaluate(predictor: Predictor, dataset: Dataset, max_images: int | None = None, progress: bool = True) -> SegMetrics:
     info = predictor.info
     check_classes(dataset, info, predictor.name)
@@ -102,7 +91,7 @@ def evaluate(predictor: Predictor, dataset: Dataset, max_images: int | None = No
     batches = (len(dataset) if max_images is None else min(max_images, len(dataset))) // batch_size(info)
     steps = tqdm(image_batches(dataset, info, max_images), f"accuracy {predictor.name}", batches, disable=not progress, leave=False)
     for images, labels in steps:
-        predictions = labels_at(predictor.predict(images), labels.shape[-2:])
+        predictions = resize_labels(torch.from_numpy(predictor.predict(images)), labels.shape[-2:])
         try:
             matrix.update(predictions, labels)
         except ValueError as err:  # ids outside the classes: the artifact's or the dataset's, said with their names

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from segdistill.atomic_files import atomic_write_text  # noqa: E402
+from segdistill.atomic_files import atomic_write, atomic_write_text  # noqa: E402
 
 
 def ratio(baseline: float, value: float) -> str:
@@ -66,7 +66,7 @@ def latency_vs_miou_plot(results: list[dict[str, Any]], path: Path, title: str) 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
     return True
 

@@ -10,6 +10,11 @@ leaves either the old file or the new one, never a broken one.
   A state is checked before it is resumed (Accelerate skips RNG states it cannot read with a log line
   only, and the run would silently differ). Resuming an older state moves the later ones aside, into
   ``checkpoints/abandoned_<time>_from_step_N/``, so that they are never taken for the latest again.
+
+Both trainers (``train.py``, ``pretrain.py``) follow one protocol, written here once: :func:`resume_target`
+(what to resume from, or a refusal to overwrite a run), :func:`resume_state`, :func:`save_training_state`, and
+:func:`stop_if_not_finite` (a diverged run stops naming the checkpoint to resume from). The folders' names
+are ``state_folders.py``'s.
 """
 
 from __future__ import annotations
@@ -17,12 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
 from safetensors.torch import save_file
@@ -30,14 +34,20 @@ from torch import nn
 
 from segdistill.atomic_files import atomic_write, atomic_write_text, current_umask, writing
 from segdistill.config import ModelConfig, config_to_dict
-from segdistill.errors import ConfigError
+from segdistill.errors import ConfigError, UserError
 from segdistill.models import build_model
 from segdistill.parsing import parse_dataclass
 from segdistill.safe_load import LOAD_ERRORS, UnreadableTensors, load_tensors, refusal_reason
+from segdistill.state_folders import (
+    PROGRESS_NAME,
+    abandoned_dir,
+    final_state_dir,
+    pending_state_dir,
+    state_dirs,
+)
 
 FORMAT = "segdistill-model/1"
-WEIGHTS_NAME, META_NAME, PROGRESS_NAME = "model.safetensors", "model.json", "progress.json"
-STATE_PATTERN = re.compile(r"^step_(\d+)$")
+WEIGHTS_NAME, META_NAME = "model.safetensors", "model.json"
 RNG_NAME = "random_states_{}.pkl"  # Accelerate's file of each process's RNG states
 RNG_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")
 
@@ -141,68 +151,19 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 # Training state
 
 
-def state_dirs(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete training-state folders of a run, oldest first."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        match = STATE_PATTERN.match(child.name)
-        if match and (child / PROGRESS_NAME).is_file():
-            found.append((int(match.group(1)), child))
-    return sorted(found)
-
-
-def pending_state_dir(run_dir: str | Path, step: int) -> Path:
-    """Where the state of ``step`` is written before :func:`commit_state` gives it its final name."""
-    return Path(run_dir) / "checkpoints" / f".tmp_step_{step:07d}"
-
-
-def begin_state(run_dir: str | Path, step: int) -> Path:
-    """A fresh, empty :func:`pending_state_dir` (only the main process calls this)."""
-    tmp = pending_state_dir(run_dir, step)
-    with writing(tmp):
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    return tmp
-
-
-def commit_state(tmp: Path, progress: dict[str, Any], keep: int) -> Path:
-    """Write ``progress.json``, give the folder its final name, and drop the oldest beyond ``keep``."""
-    atomic_write_text(tmp / PROGRESS_NAME, json.dumps(progress, indent=2))
-    # Accelerate writes the model's safetensors with mode 0600 whatever the umask: give them the umask's.
-    for file in tmp.rglob("*"):
-        if file.is_file():
-            file.chmod(0o666 & ~current_umask())
-    final = tmp.parent / tmp.name.removeprefix(".tmp_")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for _, old in state_dirs(tmp.parent.parent)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def save_state(accelerator: Accelerator, tmp: Path) -> None:
-    """``Accelerator.save_state`` into the pending folder; a failed write (full disk) removes that folder."""
-    try:
-        with writing(tmp):
-            accelerator.save_state(str(tmp))
-    except BaseException:
-        if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def resume_target(run_dir: str | Path, resume: str | None, processes: int) -> Path | None:
-    """The checked training state that ``--resume [PATH]`` names (None without ``--resume``); see :func:`check_state`."""
+    """The checked training state that ``--resume [PATH]`` names (see :func:`check_state`). Without ``--resume``
+    (None) the run folder must hold no training state: a started or finished run is never overwritten."""
+    found = state_dirs(run_dir)
     if resume is None:
+        if found:
+            raise ConfigError(
+                f"run folder {str(run_dir)!r} already holds training checkpoints (last: step {found[-1][0]}); "
+                "pass --resume to continue it, or choose another output_dir"
+            )
         return None
     if resume != "latest":
         return check_state(Path(resume), processes)
-    found = state_dirs(run_dir)
     if not found:
         raise CheckpointError(
             f"--resume: run folder {str(run_dir)!r} holds no complete checkpoint (checkpoints/step_NNNNNNN with "
@@ -242,22 +203,27 @@ def check_state(state_dir: Path, processes: int) -> Path:
     return state_dir
 
 
-def load_state(accelerator: Accelerator, state_dir: Path) -> dict[str, Any]:
-    """Load a checked training state into the prepared objects; its progress."""
+def resume_state(accelerator: Accelerator, run_dir: str | Path, state_dir: Path) -> dict[str, Any]:
+    """Load a checked training state into the prepared objects and move the run's later states aside (an
+    abandoned continuation); its progress."""
     try:
         accelerator.load_state(str(state_dir))
     except LOAD_ERRORS as err:
         raise CheckpointError(f"checkpoint {str(state_dir)!r} could not be loaded: {refusal_reason(err)}") from None
-    return read_progress(state_dir)
+    progress = read_progress(state_dir)
+    if accelerator.is_main_process:
+        aside = retire_later_states(run_dir, progress["step"])
+        print(f"resumed from {state_dir} at step {progress['step']}" + (f"; later checkpoints moved to {aside}" if aside else ""))
+    return progress
 
 
 def retire_later_states(run_dir: str | Path, step: int) -> Path | None:
-    """Move the run's states after ``step`` (a continuation abandoned by resuming an older state) aside;
-    the folder that now holds them. Each moves by one rename, never half deleted."""
+    """Move the run's states after ``step`` aside; the folder that now holds them. Each moves by one rename,
+    never half deleted."""
     later = [path for found, path in state_dirs(run_dir) if found > step]
     if not later:
         return None
-    aside = Path(run_dir) / "checkpoints" / f"abandoned_{time.strftime('%Y%m%dT%H%M%S')}_from_step_{step:07d}"
+    aside = abandoned_dir(run_dir, step)
     aside.mkdir(exist_ok=True)
     for path in later:
         os.replace(path, aside / path.name)
@@ -269,3 +235,62 @@ def read_progress(state_dir: Path) -> dict[str, Any]:
         return json.loads((state_dir / PROGRESS_NAME).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{str(state_dir / PROGRESS_NAME)!r} could not be read: {err}") from None
+
+
+def save_training_state(accelerator: Accelerator, run_dir: str | Path, progress: dict[str, Any], keep: int) -> Path:
+    """Every process calls this at step ``progress["step"]``: the state is written by ``Accelerator.save_state``
+    into a pending folder, which gets its final name with ``progress.json`` (and the number of processes) once
+    complete; the oldest states beyond ``keep`` (0: none) are then dropped. A failed write (full disk) removes
+    the pending folder and keeps the earlier states."""
+    tmp = pending_state_dir(run_dir, progress["step"])
+    if accelerator.is_main_process:
+        with writing(tmp):
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    try:
+        with writing(tmp):
+            accelerator.save_state(str(tmp))
+    except BaseException:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    accelerator.wait_for_everyone()
+    final = final_state_dir(tmp)
+    if accelerator.is_main_process:
+        commit_state(tmp, final, {**progress, "processes": accelerator.num_processes}, keep)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def commit_state(tmp: Path, final: Path, progress: dict[str, Any], keep: int) -> None:
+    atomic_write_text(tmp / PROGRESS_NAME, json.dumps(progress, indent=2))
+    # Accelerate writes the model's safetensors with mode 0600 whatever the umask: give them the umask's.
+    for file in tmp.rglob("*"):
+        if file.is_file():
+            file.chmod(0o666 & ~current_umask())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for _, old in state_dirs(final.parent.parent)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class NonFiniteLoss(UserError, RuntimeError):
+    """The run diverged: the message says at which step and which checkpoint to resume from."""
+
+
+def stop_if_not_finite(accelerator: Accelerator, parts: dict[str, torch.Tensor], step: int, run_dir: str | Path, advice: str) -> None:
+    """Raise :class:`NonFiniteLoss` (before any optimiser step uses them) if a loss part is not finite in any
+    process. ``advice`` says which settings to change."""
+    local = torch.stack(list(parts.values()))
+    if bool(accelerator.reduce(torch.isfinite(local).all().float(), "min")):
+        return
+    values = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+    last = state_dirs(run_dir)
+    kept = (
+        f"the last good checkpoint is {last[-1][1]}, resume from it with --resume"
+        if last else "no checkpoint was written yet, so start the run again without --resume"
+    )  # fmt: skip
+    raise NonFiniteLoss(f"the loss is not finite at step {step + 1} ({values}); stopping. {advice}; {kept}")

@@ -20,7 +20,7 @@ import torch
 from segdistill.atomic_files import atomic_write_text
 from segdistill.checkpoint import load_model
 from segdistill.config import DataConfig, EnergyConfig, EvalConfig
-from segdistill.data import build_dataset
+from segdistill.data import build_dataset, data_option
 from segdistill.data.loader import eval_loader
 from segdistill.energy import start_meter
 from segdistill.errors import ConfigError, command
@@ -54,10 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def data_config(meta: dict, args: argparse.Namespace) -> DataConfig:
     cfg = parse_dataclass(DataConfig, meta["data"], "data")
     if args.data:
-        name, _, root = args.data.partition(":")
-        if name != cfg.name:
-            cfg = DataConfig(name=name, mean=cfg.mean, std=cfg.std, resize=cfg.resize)
-        cfg.root = root or cfg.root
+        cfg = data_option(args.data, cfg)
     if args.resize is not None:
         cfg.resize = args.resize
     cfg.val_batch_size, cfg.num_workers = args.batch_size, args.workers

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from segdistill.atomic_files import atomic_write_text
 from segdistill.errors import command
 from segdistill.evaluate import main as evaluate
 
@@ -57,8 +58,8 @@ def run_pipeline(configs: Path, out: Path, common: list[str]) -> list[dict]:
     closed = f"{100 * (distilled - student) / gap:.0f}%" if gap > 0 else "n/a (the teacher is not better)"
     summary = "\n".join(lines) + f"\n\nKD changes the student by {100 * (distilled - student):+.2f} mIoU points, closing {closed} of the teacher-student gap.\nwall time {wall / 60:.1f} min"
     print("\n" + summary)
-    (out / "summary.md").write_text(summary + "\n")
-    (out / "summary.json").write_text(json.dumps({"rows": rows, "wall_time_s": wall}, indent=2))
+    atomic_write_text(out / "summary.md", summary + "\n")
+    atomic_write_text(out / "summary.json", json.dumps({"rows": rows, "wall_time_s": wall}, indent=2))
     return rows
 
 

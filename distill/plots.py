@@ -12,6 +12,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from segdistill.atomic_files import atomic_write  # noqa: E402
+
 
 def iou_bar_chart(classes: list[str], iou: list[float], title: str, path: Path) -> None:
     values = [0.0 if np.isnan(v) else 100 * v for v in iou]
@@ -25,7 +27,7 @@ def iou_bar_chart(classes: list[str], iou: list[float], title: str, path: Path) 
     ax.axhline(mean, color="tab:red", linestyle="--", label=f"mIoU {mean:.1f}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
 
 
@@ -41,7 +43,8 @@ def colourise(labels: torch.Tensor, palette: list[list[int]], ignore_index: int)
 def overlay_strip(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, path: Path) -> None:
     """image | ground truth | prediction, side by side, with a 4-pixel white gap."""
     gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
-    Image.fromarray(np.concatenate([image, gap, truth, gap, prediction], axis=1)).save(path)
+    strip = Image.fromarray(np.concatenate([image, gap, truth, gap, prediction], axis=1))
+    atomic_write(path, strip.save)
 
 
 def denormalise(image: torch.Tensor, mean: list[float], std: list[float]) -> np.ndarray:

@@ -8,7 +8,8 @@ images without labels, and then initialises a student for segmentation.
    vectors are saved (``svd.basis``, by default OUTPUT/svd_basis.safetensors). A basis that exists is reused.
 2. Training: loss = w * MSE(f_s, PTS((f_t - mean) V)), SGD (``optimizer``), learning rate divided by 10
    at the fractions ``lr_steps`` of the run (1/3 and 2/3, as the paper). Checkpoints as the segmentation
-   trainer's (Accelerate state + progress.json, written aside and renamed); ``--resume`` continues the latest.
+   trainer's (Accelerate state + progress.json, written aside and renamed; the same protocol, distill/checkpoint.py,
+   and the same stop on a non-finite loss); ``--resume`` continues the latest.
 3. Output: OUTPUT/student_backbone.safetensors, the student's timm weights (no classifier), which a
    segmentation config loads with ``model.backbone: <student.name>`` and ``model.pretrained: <that file>``.
 """
@@ -33,14 +34,11 @@ from tqdm import tqdm
 
 from segdistill.atomic_files import atomic_write, atomic_write_text
 from segdistill.checkpoint import (
-    begin_state,
-    commit_state,
-    load_state,
-    pending_state_dir,
+    resume_state,
     resume_target,
-    save_state,
+    save_training_state,
     sha256_of,
-    state_dirs,
+    stop_if_not_finite,
 )
 from segdistill.config import (
     IMAGENET_MEAN,
@@ -177,8 +175,6 @@ def pretrain(args: argparse.Namespace, held: ExitStack) -> Path:
     if main_process:
         held.enter_context(run_folder_lock(run_dir))
     accelerator.wait_for_everyone()
-    if state_dirs(run_dir) and not args.resume:
-        raise ConfigError(f"run folder {str(run_dir)!r} already holds checkpoints; pass --resume or choose another output_dir")
     resume_dir = resume_target(run_dir, "latest" if args.resume else None, world)
 
     # ---- models, SVD basis ----------------------------------------------------------------------
@@ -201,9 +197,7 @@ def pretrain(args: argparse.Namespace, held: ExitStack) -> Path:
     student, optimizer = accelerator.prepare(student, optimizer)
     progress = {"step": 0, "epoch": 0, "epoch_step": 0}
     if resume_dir is not None:
-        progress = load_state(accelerator, resume_dir)
-        if main_process:
-            print(f"resumed from {resume_dir} at step {progress['step']}")
+        progress = resume_state(accelerator, run_dir, resume_dir)
     if main_process:  # only now: a failed attempt leaves the run's config.yaml as it was
         save_config(cfg, run_dir / "config.yaml")
     position = DataPosition(progress["epoch"], progress["epoch_step"])
@@ -227,8 +221,7 @@ def pretrain(args: argparse.Namespace, held: ExitStack) -> Path:
                 with torch.no_grad():
                     target = kdep_target(teacher(batch).float(), mean, basis, cfg.pts.temperature, cfg.pts.power)
                 loss = kdep_loss(student(batch), target, cfg.loss_weight)
-            if not bool(accelerator.reduce(torch.isfinite(loss.detach()).float(), "min")):
-                raise ConfigError(f"the KDEP loss is not finite at step {step + 1}; lower optimizer.lr")
+            stop_if_not_finite(accelerator, {"kdep": loss.detach()}, step, run_dir, "Lower the learning rate (optimizer.lr)")
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -239,14 +232,8 @@ def pretrain(args: argparse.Namespace, held: ExitStack) -> Path:
                 accelerator.log({"loss/kdep": value, "lr": lr}, step=step)
                 bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
             if step % cfg.checkpoint_interval == 0 or step == total:
-                progress.update(step=step, epoch=position.epoch, epoch_step=position.step, processes=world)
-                tmp = begin_state(run_dir, step) if main_process else pending_state_dir(run_dir, step)
-                accelerator.wait_for_everyone()
-                save_state(accelerator, tmp)
-                accelerator.wait_for_everyone()
-                if main_process:
-                    commit_state(tmp, progress, cfg.keep_checkpoints)
-                accelerator.wait_for_everyone()
+                progress.update(step=step, epoch=position.epoch, epoch_step=position.step)
+                save_training_state(accelerator, run_dir, progress, cfg.keep_checkpoints)
     finally:
         bar.close()
 

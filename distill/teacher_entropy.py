@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from segdistill.atomic_files import atomic_write_text  # noqa: E402
+from segdistill.atomic_files import atomic_write, atomic_write_text  # noqa: E402
 from segdistill.checkpoint import load_model  # noqa: E402
 from segdistill.data import build_dataset  # noqa: E402
 from segdistill.data.loader import eval_loader  # noqa: E402
@@ -87,7 +87,7 @@ def plot(result: dict, title: str, path: Path) -> None:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
 
 

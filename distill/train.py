@@ -28,21 +28,17 @@ from tqdm import tqdm
 from segdistill import kernels
 from segdistill.atomic_files import atomic_write_text
 from segdistill.checkpoint import (
-    begin_state,
-    commit_state,
-    load_state,
-    pending_state_dir,
+    resume_state,
     resume_target,
-    retire_later_states,
     save_model,
-    save_state,
-    state_dirs,
+    save_training_state,
+    stop_if_not_finite,
 )
 from segdistill.config import Config, config_to_dict, load_config, save_config
 from segdistill.data import build_dataset
 from segdistill.data.loader import DataPosition, eval_loader, train_loader
 from segdistill.energy import start_meter
-from segdistill.errors import ConfigError, UserError, command
+from segdistill.errors import ConfigError, command
 from segdistill.evaluation import confusion_matrix
 from segdistill.losses import Criterion, LossContext, TaskLoss, build_criterion
 from segdistill.metrics import SegMetrics
@@ -53,9 +49,7 @@ from segdistill.run_lock import run_folder_lock
 from segdistill.teacher import build_teacher
 from segdistill.unreached import freeze_unreached
 
-
-class NonFiniteLoss(UserError, RuntimeError):
-    """The run diverged: the message says at which step and which checkpoint to resume from."""
+DIVERGED = "Lower the learning rate or enable gradient clipping (train.grad_clip)"  # what to change when the loss is not finite
 
 
 class Objective(nn.Module):
@@ -100,23 +94,6 @@ def dry_run(student: nn.Module, teacher: nn.Module | None, images: torch.Tensor)
             "they must be trained on the same label set"
         )
     return s_out, t_out
-
-
-def stop_if_not_finite(accelerator: Accelerator, parts: dict[str, torch.Tensor], step: int, run_dir: Path) -> None:
-    """Raise :class:`NonFiniteLoss` (before any optimiser step uses them) if a loss part is not finite anywhere."""
-    local = torch.stack(list(parts.values()))
-    if bool(accelerator.reduce(torch.isfinite(local).all().float(), "min")):
-        return
-    values = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
-    last = state_dirs(run_dir)
-    kept = (
-        f"the last good checkpoint is {last[-1][1]}, resume from it with --resume"
-        if last else "no checkpoint was written yet, so start the run again without --resume"
-    )  # fmt: skip
-    raise NonFiniteLoss(
-        f"the loss is not finite at step {step + 1} ({values}); stopping. Lower the learning rate or "
-        f"enable gradient clipping (train.grad_clip); {kept}"
-    )
 
 
 def discriminator_backward(
@@ -189,12 +166,6 @@ def train(args: argparse.Namespace, held: ExitStack) -> dict:
     if main_process:
         held.enter_context(run_folder_lock(run_dir))
     accelerator.wait_for_everyone()
-    existing = state_dirs(run_dir)
-    if existing and args.resume is None:
-        raise ConfigError(
-            f"run folder {str(run_dir)!r} already holds training checkpoints (last: step {existing[-1][0]}); "
-            "pass --resume to continue it, or choose another output_dir"
-        )
     resume_dir = resume_target(run_dir, args.resume, world)
     # Energy of the training (setup included; all processes' when there are several), then of the final evaluation.
     meter = start_meter(cfg.train.energy, whole_machine=world > 1) if main_process else None
@@ -233,10 +204,7 @@ def train(args: argparse.Namespace, held: ExitStack) -> dict:
     # ---- resume ---------------------------------------------------------------------------------
     progress = {"step": 0, "epoch": 0, "epoch_step": 0, "best_miou": None, "best_step": None, "history": []}
     if resume_dir is not None:
-        progress = load_state(accelerator, resume_dir)
-        if main_process:
-            aside = retire_later_states(run_dir, progress["step"])
-            print(f"resumed from {resume_dir} at step {progress['step']}" + (f"; later checkpoints moved to {aside}" if aside else ""))
+        progress = resume_state(accelerator, run_dir, resume_dir)
     if main_process:  # only now: a failed attempt leaves the run's config.yaml as it was
         save_config(cfg, run_dir / "config.yaml")
     position = DataPosition(progress["epoch"], progress["epoch_step"])
@@ -287,7 +255,7 @@ def train(args: argparse.Namespace, held: ExitStack) -> dict:
                     sums[name] = sums.get(name, 0) + value.detach() / cfg.train.grad_accum
                 if adversary is not None:
                     outputs.append((student_out, teacher_out))
-            stop_if_not_finite(accelerator, sums, step, run_dir)
+            stop_if_not_finite(accelerator, sums, step, run_dir, DIVERGED)
             if cfg.train.grad_clip is not None:
                 accelerator.clip_grad_norm_(objective.parameters(), cfg.train.grad_clip)
             optimizer.step()
@@ -297,7 +265,7 @@ def train(args: argparse.Namespace, held: ExitStack) -> dict:
                 # After the student's step, as SKD: the discriminators learn on the same outputs (the
                 # student's detached), with their own optimiser.
                 d_sums = discriminator_backward(accelerator, adversary, outputs)
-                stop_if_not_finite(accelerator, d_sums, step, run_dir)
+                stop_if_not_finite(accelerator, d_sums, step, run_dir, DIVERGED)
                 d_cfg = cfg.train.discriminator
                 set_learning_rate(d_optimizer, learning_rate(step, total, d_cfg.optimizer.lr, d_cfg.schedule))
                 d_optimizer.step()
@@ -329,14 +297,8 @@ def train(args: argparse.Namespace, held: ExitStack) -> dict:
                     bar.write(f"step {step}: val mIoU {100 * metrics.miou:.2f}  (best {100 * progress['best_miou']:.2f} at {progress['best_step']})")
 
             if step % cfg.train.checkpoint_interval == 0 or step == total:
-                progress.update(step=step, epoch=position.epoch, epoch_step=position.step, processes=world)
-                tmp = begin_state(run_dir, step) if main_process else pending_state_dir(run_dir, step)
-                accelerator.wait_for_everyone()
-                save_state(accelerator, tmp)
-                accelerator.wait_for_everyone()
-                if main_process:
-                    commit_state(tmp, progress, cfg.train.keep_checkpoints)
-                accelerator.wait_for_everyone()
+                progress.update(step=step, epoch=position.epoch, epoch_step=position.step)
+                save_training_state(accelerator, run_dir, progress, cfg.train.keep_checkpoints)
     finally:
         bar.close()
         if samples_log is not None:

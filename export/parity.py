@@ -23,13 +23,14 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from segdistill.deploy.accuracy import check_classes, image_batches, labels_at, open_dataset
+from segdistill.deploy.accuracy import check_classes, image_batches, open_dataset
 from segdistill.deploy.artifact import ArtifactInfo, write_artifact_info
 from segdistill.deploy.backends import load_predictor
 from segdistill.deploy.backends.torch_modules import eager_predictor
 from segdistill.deploy.predictor import Predictor
 from segdistill.deploy.shapes import ImageShape, ShapeRange, accepts, default_range, parse_range, parse_shape
 from segdistill.errors import ConfigError
+from segdistill.labels import resize_labels
 from segdistill.metrics import ConfusionMatrix
 
 
@@ -222,7 +223,7 @@ def dataset_check(
         errors += [] if error is None else [error]
         shapes.add(str(ImageShape(*batch.shape[:3])))
         for matrix, pred in zip(matrices, (ref, art), strict=True):
-            matrix.update(labels_at(pred, labels.shape[-2:]), labels)
+            matrix.update(resize_labels(torch.from_numpy(pred), labels.shape[-2:]), labels)
     ref_m, art_m = (m.result().miou * 100 for m in matrices)
     return ParityCheck(
         label, ",".join(sorted(shapes)) or "-", images, equal / max(total, 1), max(errors) if errors else None, ref_m, art_m

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from segdistill.atomic_files import atomic_write  # noqa: E402
 from segdistill.study.results import StudyResult  # noqa: E402
 from segdistill.study.space import short  # noqa: E402
 
@@ -45,7 +46,7 @@ def grid_heatmap(result: StudyResult, path: Path) -> None:
     ax.set_title(f"{result.name}: {result.method}\n{result.dataset} · {result.student} (mIoU %, mean ± std)", fontsize=9)
     fig.colorbar(image, ax=ax, label="mIoU (%)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
 
 
@@ -61,5 +62,5 @@ def comparison_bars(rows: list[dict[str, Any]], title: str, path: Path) -> None:
     ax.set_ylabel("mIoU (%)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import re
 import sys
 from pathlib import Path
 
+from segdistill.atomic_files import atomic_write_text
 from segdistill.errors import command
 from segdistill.study.figures import comparison_bars, grid_heatmap
 from segdistill.study.results import StudyResult, read_study
@@ -41,10 +43,11 @@ def slug(text: str) -> str:
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def trials_section(results: list[StudyResult], out: Path) -> str:
@@ -97,7 +100,7 @@ def write_report(results: list[StudyResult], out: Path) -> Path:
     sections += ["## Energy and CO2 (training per run; inference per 10,000 images)", "", energy_markdown(energy), ""]
     sections += ["## Failed trials", "", trials_section(results, out), ""]
     report = out / "report.md"
-    report.write_text("\n".join(sections))
+    atomic_write_text(report, "\n".join(sections))
     return report
 
 

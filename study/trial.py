@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from segdistill.checkpoint import state_dirs
 from segdistill.processes import die_with_parent
+from segdistill.state_folders import state_dirs
 
 LOG_NAME = "train.log"
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from segdistill import evaluate as evaluate_command
 from segdistill.checkpoint import load_model
 from segdistill.config import DataConfig, EvalConfig
 from segdistill.data.loader import eval_loader
@@ -60,6 +61,28 @@ def test_deployed_accuracy_equals_the_training_side_evaluation(student) -> None:
     got = evaluate(eager_predictor(student), dataset, progress=False)
     assert got.miou == pytest.approx(expected.miou, abs=1e-3)
     assert np.allclose(got.iou, expected.iou, atol=2e-3, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (":../shared/data/camvid", "--data ':../shared/data/camvid': expected NAME or NAME:ROOT, e.g. --data camvid:"),
+        ("camvid:", "--data 'camvid:': expected NAME or NAME:ROOT, e.g. --data camvid:"),
+        ("camvd:../shared/data/camvid", "unknown dataset 'camvd' (at --data). Did you mean 'camvid'?"),
+    ],
+    ids=["no-name", "no-root", "unknown-name"],
+)
+def test_a_malformed_data_option_is_one_message_in_every_command(student, tmp_path, capsys, value: str, message: str) -> None:
+    """evaluate (and teacher_entropy, through its data_config) and the deploy side (benchmark, parity, to_int8,
+    through open_dataset) read ``--data`` with segdistill.data's one parser."""
+    commands = {
+        "evaluate": lambda: evaluate_command.cli(["--checkpoint", str(student), "--data", value, "--output", str(tmp_path / "e")]),
+        "benchmark": lambda: benchmark.cli(["--artifact", str(student), "--data", value, "--output", str(tmp_path / "b")]),
+    }
+    for name, command in commands.items():
+        assert command() == 2, name
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and errors[0].startswith(f"error: {message}"), (name, errors)
 
 
 def test_every_torch_backend_predicts_the_same_labels(student, torch_artifacts) -> None:

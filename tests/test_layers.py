@@ -8,7 +8,7 @@ from pathlib import Path
 
 import tomllib
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_python
 
 PACKAGE_DIRS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
 
@@ -144,3 +144,12 @@ def test_every_command_is_declared_and_only_commands_run_as_main():
             with_main.add(name)
     assert with_cli == declared
     assert with_main == declared | {"segdistill.kernels.compile_check"}
+
+
+def test_the_study_layer_imports_no_torch():
+    """A study worker decides a trial's state (its run folder's checkpoints) without torch; training runs in
+    its own process."""
+    study = sorted(m for m in module_files() if m.startswith("segdistill.study."))
+    done = run_python(["-c", f"import sys; import {', '.join(study)}; print('torch' in sys.modules)"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from segdistill.checkpoint import NonFiniteLoss, state_dirs
 from segdistill.config import ModelConfig
 from segdistill.data.base import DatasetError
 from segdistill.errors import ConfigError
@@ -179,8 +180,18 @@ def test_resume_gives_the_same_backbone(image_folder: Path, tmp_path: Path) -> N
     resumed = load_file(run(image_folder, tmp_path / "b", "--resume"))
     different = [k for k in uninterrupted if not torch.equal(uninterrupted[k], resumed[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
-    with pytest.raises(ConfigError, match="already holds checkpoints; pass --resume"):
+    with pytest.raises(ConfigError, match="already holds training checkpoints.*pass --resume"):
         run(image_folder, tmp_path / "b")
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(image_folder: Path, tmp_path: Path) -> None:
+    # as the segmentation trainer (tests/test_trainer.py): the same error, naming the checkpoint to resume from
+    with pytest.raises(NonFiniteLoss, match=r"not finite at step \d+ \(kdep=.*optimizer\.lr.*last good checkpoint") as err:
+        run(image_folder, tmp_path, "optimizer.lr=1e30", "checkpoint_interval=1")
+    kept = state_dirs(tmp_path)
+    assert kept, "the checkpoint written before the failure is gone"
+    assert str(kept[-1][1]) in str(err.value)
+    assert not (tmp_path / "student_backbone.safetensors").exists()
 
 
 def test_synthetic_images_and_bad_folders(tmp_path: Path) -> None:

@@ -15,13 +15,13 @@ import torch
 from safetensors.torch import load_file
 
 from segdistill.atomic_files import current_umask
-from segdistill.checkpoint import CheckpointError, load_model, save_model, state_dirs
+from segdistill.checkpoint import CheckpointError, NonFiniteLoss, load_model, save_model, state_dirs
 from segdistill.config import ModelConfig
 from segdistill.data import DatasetInfo
 from segdistill.data.synthetic import CLASSES
 from segdistill.errors import ConfigError
 from segdistill.evaluate import main as evaluate
-from segdistill.train import NonFiniteLoss, main
+from segdistill.train import main
 from tests.helpers import ROOT, TINY, run_python, subprocess_env
 
 

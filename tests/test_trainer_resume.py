@@ -18,10 +18,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from segdistill.checkpoint import CheckpointError, state_dirs
+from segdistill.checkpoint import CheckpointError, NonFiniteLoss, state_dirs
 from segdistill.data import DatasetError
 from segdistill.errors import ConfigError
-from segdistill.train import NonFiniteLoss, main, parse_args
+from segdistill.train import main, parse_args
 from tests.helpers import ROOT, TINY, run_python, subprocess_env
 from tests.test_datasets import make_camvid
 

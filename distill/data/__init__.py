@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from torch.utils.data import Dataset
 
@@ -15,8 +17,11 @@ from segdistill.data.cocostuff import cocostuff
 from segdistill.data.folder import image_folder
 from segdistill.data.synthetic import SyntheticScenes
 from segdistill.data.voc import voc
-from segdistill.errors import ConfigError
+from segdistill.errors import ConfigError, unknown_choice
 from segdistill.registry import Registry
+
+if TYPE_CHECKING:  # annotations only: segdistill.config imports this package to check data.name
+    from segdistill.config import DataConfig
 
 DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
 
@@ -54,4 +59,18 @@ def build_dataset(data_cfg, split: str) -> Dataset:
     return DATASETS.get(data_cfg.name, "data.name")(data_cfg, split)
 
 
-__all__ = ["DATASETS", "DatasetError", "DatasetInfo", "build_dataset"]
+def data_option(value: str, trained_on: DataConfig) -> DataConfig:
+    """The data settings that a command's ``--data NAME`` or ``--data NAME:ROOT`` names: those the model was
+    trained with (``trained_on``) when NAME is its dataset, else NAME's defaults with its mean, std and resize;
+    ROOT, when given, replaces the folder."""
+    name, colon, root = value.partition(":")
+    if not name or (colon and not root):
+        raise ConfigError(f"--data {value!r}: expected NAME or NAME:ROOT, e.g. --data camvid:../shared/data/camvid")
+    if name not in DATASETS:
+        raise unknown_choice("dataset", name, DATASETS.names(), "--data")
+    if name != trained_on.name:
+        trained_on = type(trained_on)(name=name, mean=trained_on.mean, std=trained_on.std, resize=trained_on.resize)
+    return dataclasses.replace(trained_on, root=root or trained_on.root)
+
+
+__all__ = ["DATASETS", "DatasetError", "DatasetInfo", "build_dataset", "data_option"]

@@ -16,6 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from segdistill.errors import ConfigError
+from segdistill.labels import resize_labels
 
 
 class DatasetError(ConfigError):
@@ -147,7 +148,7 @@ def rescale(image: torch.Tensor, label: torch.Tensor, factor: float) -> tuple[to
     h, w = image.shape[-2:]
     size = [max(1, round(h * factor)), max(1, round(w * factor))]
     image = F.resize(image, size, interpolation=F.InterpolationMode.BILINEAR, antialias=True)
-    label = F.resize(label[None], size, interpolation=F.InterpolationMode.NEAREST)[0]
+    label = resize_labels(label[None], size)[0]
     return image, label
 
 

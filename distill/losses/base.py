@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -25,11 +24,6 @@ class LossContext:
     labels: torch.Tensor  # (B, H, W) int64 at the input resolution
     ignore_index: int
     num_classes: int
-
-    def labels_at(self, size: torch.Size) -> torch.Tensor:
-        """The labels resized to ``size`` with PyTorch's legacy ``nearest`` mode (the top-left pixel of each
-        cell), as every official loss that reads labels at a feature's size does (docs/loss_math.md §14)."""
-        return F.interpolate(self.labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
 
 
 @dataclass

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segdistill.errors import ConfigError
+from segdistill.labels import resize_labels
 from segdistill.losses.base import DistillLoss, LossContext
 from segdistill.losses.connectors import match_size, require_maps
 from segdistill.losses.registry import LOSSES
@@ -122,7 +123,7 @@ class CIRKDMemory(DistillLoss):
         p, k = self.params, self.num_classes
         s = F.normalize(match_size(self.projection(student), teacher), dim=1)
         t = F.normalize(teacher, dim=1)
-        labels = context.labels_at(s.shape[2:])
+        labels = resize_labels(context.labels, s.shape[2:])
         self.enqueue(t, labels)  # before the loss, as the official code: this batch is in the memory
         valid = ((labels >= 0) & (labels < k)).flatten()
         if not bool(valid.any()):

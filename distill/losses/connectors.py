@@ -1,6 +1,6 @@
 """What sits between a student tensor and the teacher tensor it is compared with (mmrazor's "connectors"):
 a learnable 1x1 channel adapter when the channel counts differ, bilinear resizing when the spatial sizes
-differ, labels brought to a tensor's size, and the build-time shape checks the losses share.
+differ, and the build-time shape checks the losses share.
 
 Every loss compares at the teacher's resolution. The student's tensor is resized bilinearly to it, after its
 channel adapter (a 1x1 convolution commutes with bilinear resizing, so the order only matters for BN/ReLU).
@@ -26,15 +26,6 @@ def match_size(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     if student.shape[-2:] == teacher.shape[-2:]:
         return student
     return F.interpolate(student, size=teacher.shape[-2:], mode="bilinear", align_corners=False)
-
-
-def resize_labels(labels: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
-    """(B, H, W) labels at ``size`` with PyTorch's legacy ``nearest`` mode, ``lab[floor(i*H/h), floor(j*W/w)]``,
-    as every official loss that reads labels does (docs/loss_math.md §14)."""
-    if labels.shape[-2:] == tuple(size):
-        return labels
-    resized = F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")
-    return resized[:, 0].long()
 
 
 def channel_adapter(kind: AdapterKind, student_channels: int, teacher_channels: int) -> nn.Module:

@@ -34,8 +34,9 @@ import torch.nn.functional as F
 
 from segdistill.errors import ConfigError
 from segdistill.kernels import spatial_softmax_kl
+from segdistill.labels import resize_labels
 from segdistill.losses.base import DistillLoss, LossContext
-from segdistill.losses.connectors import match_size, require_positive, require_same_channels, resize_labels
+from segdistill.losses.connectors import match_size, require_positive, require_same_channels
 from segdistill.losses.registry import LOSSES
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from segdistill.labels import resize_labels
 from segdistill.losses.base import DistillLoss, LossContext
 from segdistill.losses.connectors import match_size, require_maps
 from segdistill.losses.registry import LOSSES
@@ -49,7 +50,7 @@ class IFVD(DistillLoss):
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, context: LossContext) -> torch.Tensor:
         student = match_size(student, teacher)
-        labels = context.labels_at(student.shape[2:])
+        labels = resize_labels(context.labels, student.shape[2:])
         m_s = prototype_similarity(student, labels, context.num_classes)
         m_t = prototype_similarity(teacher, labels, context.num_classes)
         return F.mse_loss(m_s, m_t)
