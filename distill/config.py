@@ -75,6 +75,8 @@ class ModelConfig:
     dropout: float = 0.1
     # A complete torchvision segmentation model instead of backbone + head (e.g. "deeplabv3_resnet50").
     torchvision_model: str | None = None
+    # Start from the weights of one of our model checkpoints of the same architecture (e.g. RUN/final).
+    init_from: str | None = None
 
 
 @dataclass
@@ -185,6 +187,17 @@ class EvalConfig:
 
 
 @dataclass
+class QuantizationConfig:
+    """Quantization-aware training (distill/quantization.py): INT8 fake quantization for TensorRT, calibrated
+    on the first ``calibration_images`` training images before the first step; needs ``model.init_from``."""
+
+    calibration_images: int = 64
+    # Layers (module names, glob patterns) kept in float besides the first convolution, the classifiers
+    # and the depthwise convolutions.
+    keep_float: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     output_dir: str = "runs/experiment"
     seed: int = 0
@@ -194,6 +207,8 @@ class Config:
     losses: list[LossConfig] = field(default_factory=list)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # null: FP32 training; a mapping (even {}): quantization-aware training.
+    quantization: QuantizationConfig | None = None
 
 
 def parse_config(values: dict) -> Config:
@@ -326,5 +341,10 @@ def validate_names(cfg: Config) -> None:
         loss_params(loss, where)
         if LOSSES.get(loss.name).needs_teacher and cfg.teacher is None:
             raise ConfigError(f"{where}: loss {loss.name!r} distils from a teacher, but the config has no 'teacher'")
+    if cfg.quantization is not None and cfg.model.init_from is None:
+        raise ConfigError(
+            "config key 'quantization': quantization-aware training starts from a trained FP32 model; "
+            "set model.init_from to its checkpoint (e.g. model.init_from=RUN/final)"
+        )
     if cfg.data.name == "folder" and not cfg.data.classes:
         raise ConfigError("config key 'data.classes': the folder dataset needs the list of class names")

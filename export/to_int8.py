@@ -155,6 +155,11 @@ def main(argv: list[str] | None = None) -> ParityReport:
     args = parse_args(argv)
     source = Path(args.onnx)
     info = read_artifact_info(source)
+    if info.extra.get("quantization", {}).get("qat"):
+        raise ArtifactError(
+            f"--onnx {str(source)!r} is already INT8: its checkpoint was trained with quantization (QAT) and "
+            "export/to_onnx.py wrote its QDQ graph with the trained scales; deploy it as it is"
+        )
     if info.kind != "onnx" or info.precision != "fp32":
         raise ArtifactError(f"--onnx {str(source)!r} is a {info.precision} {info.kind} artifact; INT8 starts from an FP32 ONNX")
     traced = parse_shape(info.extra["traced_at"], f"{source} sidecar: extra.traced_at")

@@ -6,7 +6,9 @@
 
 The graph returns full-resolution logits (N, K, H, W) or int32 labels (N, H, W: the argmax runs in the
 graph, so only labels are copied back to the host); ``--fold-normalize`` makes it take uint8 NHWC
-images with the normalisation inside. The ONNX file passes ``onnx.checker`` (full check) and shape
+images with the normalisation inside. A quantization-aware trained checkpoint (``quantization:`` in its
+training config) becomes a QDQ ONNX directly, with the scales it learnt (no calibration; precision int8,
+gated against its fake-quantized PyTorch model). The ONNX file passes ``onnx.checker`` (full check) and shape
 inference, and is written with a sidecar ``FILE.json``. The parity gate then runs it in ONNX Runtime
 (CPU) against PyTorch at the export shape, at another shape for every dynamic dimension, and on the
 images of ``--data`` if given; the exit status is 1 when it fails (the sidecar records the figures).
@@ -64,8 +66,12 @@ def input_axes(model: DeployModel, dynamic: set[str]) -> dict[int, str]:
     return {axes[name]: name for name in dynamic}
 
 
-def export_onnx(model: DeployModel, shape: ImageShape, dynamic: set[str], path: Path, opset: int = MIN_OPSET, use_slim: bool = False) -> None:
-    """Trace ``model`` at ``shape`` with ``dynamic`` dimensions left free and write a checked ONNX file."""
+def export_onnx(
+    model: DeployModel, shape: ImageShape, dynamic: set[str], path: Path, opset: int = MIN_OPSET, use_slim: bool = False, quantized: bool = False
+) -> None:
+    """Trace ``model`` at ``shape`` with ``dynamic`` dimensions left free and write a checked ONNX file.
+    ``quantized``: a model with ModelOpt's fake quantizers, which become QuantizeLinear / DequantizeLinear
+    pairs only through the TorchScript-based exporter (torch.export stops at their data-dependent checks)."""
     if opset < MIN_OPSET:
         raise ConfigError(f"--opset {opset}: use {MIN_OPSET} or newer (the dynamo exporter's translations need it)")
     axes = input_axes(model, dynamic)
@@ -73,18 +79,20 @@ def export_onnx(model: DeployModel, shape: ImageShape, dynamic: set[str], path: 
     dynamic_shapes = {INPUT_NAME: dict.fromkeys(axes, Dim.DYNAMIC)} if axes else None
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp, shape_generic_pooling(), torch.no_grad():
         raw = Path(tmp) / "raw.onnx"
+        exporter = (
+            {"dynamo": False, "dynamic_axes": {INPUT_NAME: axes} if axes else None}
+            if quantized
+            else {"dynamo": True, "dynamic_shapes": dynamic_shapes, "external_data": False, "optimize": True}
+        )
         torch.onnx.export(
             model,
             (example_input(model, shape),),
             str(raw),
-            dynamo=True,
             opset_version=opset,
             input_names=[INPUT_NAME],
             output_names=[model.output],
-            dynamic_shapes=dynamic_shapes,
-            external_data=False,
-            optimize=True,
             verbose=False,
+            **exporter,
         )
         graph = onnx.load(str(raw))
     name_dynamic_dims(graph, axes)
@@ -93,9 +101,9 @@ def export_onnx(model: DeployModel, shape: ImageShape, dynamic: set[str], path: 
     save_atomic(graph, path)
 
 
-def default_path(args: argparse.Namespace) -> Path:
+def default_path(args: argparse.Namespace, quantized: bool) -> Path:
     name = "model" + ("_labels" if args.output == "labels" else "") + ("_u8" if args.fold_normalize else "")
-    name += "" if args.precision == "fp32" else f"_{args.precision}"
+    name += "_int8" if quantized else "" if args.precision == "fp32" else f"_{args.precision}"
     return Path(args.checkpoint) / "export" / f"{name}.onnx"
 
 
@@ -106,10 +114,16 @@ def main(argv: list[str] | None = None) -> ParityReport:
     shape = export_shape(args, meta)
     if args.shape_range:  # a bad range stops here, not after the export
         parse_range(args.shape_range, shape)
-    path = Path(args.out) if args.out else default_path(args)
+    quantization = meta.get("quantization")
+    if quantization and args.precision != "fp32":
+        raise ConfigError(f"--precision {args.precision}: {args.checkpoint!r} was trained with quantization (QAT) and exports as its INT8 QDQ graph; leave --precision out")
+    path = Path(args.out) if args.out else default_path(args, bool(quantization))
     print(f"exporting {args.checkpoint} at {shape} (dynamic: {', '.join(sorted(dynamic)) or 'none'}) to {path}")
-    export_onnx(model, shape, dynamic, path, args.opset, args.slim)
+    export_onnx(model, shape, dynamic, path, args.opset, args.slim, quantized=bool(quantization))
     info = model.artifact_info("onnx", meta, args.checkpoint, traced_shape(shape, dynamic))
+    if quantization:
+        info.precision = "int8"
+        info.extra["quantization"] = {**quantization, "format": "QDQ", "target": "tensorrt", "qat": True, "calibration": "none: scales from training"}
     info.versions.update(onnx=onnx.__version__, onnxscript=onnxscript.__version__, onnxruntime=onnxruntime.__version__)
     if args.slim:
         info.versions["onnxslim"] = importlib.metadata.version("onnxslim")
