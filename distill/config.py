@@ -75,7 +75,8 @@ class ModelConfig:
     dropout: float = 0.1
     # A complete torchvision segmentation model instead of backbone + head (e.g. "deeplabv3_resnet50").
     torchvision_model: str | None = None
-    # Start from the weights of one of our model checkpoints of the same architecture (e.g. RUN/final).
+    # Start from the weights of one of our model checkpoints of the same architecture (e.g. RUN/final);
+    # `pretrained` is then not loaded.
     init_from: str | None = None
 
 

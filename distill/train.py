@@ -11,6 +11,7 @@ continues from its last checkpoint and ends with the weights an uninterrupted ru
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -204,8 +205,10 @@ def train(args: argparse.Namespace, held: ExitStack) -> dict:
     # ---- data, models, losses -------------------------------------------------------------------
     train_set, val_set = build_dataset(cfg.data, cfg.data.train_split), build_dataset(cfg.data, cfg.data.val_split)
     info = train_set.info
-    student = build_model(cfg.model, info.num_classes)
-    if cfg.model.init_from is not None:
+    if cfg.model.init_from is None:
+        student = build_model(cfg.model, info.num_classes)
+    else:  # every weight comes from the checkpoint: no ImageNet initialisation to load first
+        student = build_model(dataclasses.replace(cfg.model, pretrained=None), info.num_classes)
         init_from_checkpoint(student, cfg.model.init_from)
     teacher = build_teacher(cfg.teacher, info, cfg.data).to(accelerator.device) if cfg.teacher is not None else None
     sync_bn = world > 1 and cfg.train.sync_bn and accelerator.distributed_type == DistributedType.MULTI_GPU
