@@ -109,10 +109,11 @@ def test_readme_int8_graph_keeps_biases_and_the_classifier_in_float(readme_run) 
 
 def test_readme_qat_commands_run_with_the_tiny_overrides(readme_run) -> None:
     """The "Quantization-aware distillation" lines after the export ones, in the same folder; the training
-    line gets the tiny model's overrides appended (later overrides win), the others run verbatim."""
+    line gets the tiny model's overrides appended (later overrides win; no ImageNet file for its backbone),
+    the others run verbatim."""
     work, _ = readme_run
     (work / "configs").symlink_to(ROOT / "configs")
-    tiny = " ".join(shlex.quote(a) for a in [*TINY, f"data.crop_size=[{SIZE[0]},{SIZE[1]}]", "data.resize=1.0", "data.num_workers=0"])
+    tiny = " ".join(shlex.quote(a) for a in [*TINY, f"data.crop_size=[{SIZE[0]},{SIZE[1]}]", "data.resize=1.0", "model.pretrained=null"])
     env = subprocess_env()
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     for command in readme_commands("Quantization-aware distillation"):
