@@ -28,6 +28,9 @@ import onnxscript
 import torch
 from torch.export import Dim
 
+from segdistill.deploy.accuracy import evaluate, open_dataset
+from segdistill.deploy.artifact import ArtifactInfo, write_artifact_info
+from segdistill.deploy.backends.torch_modules import eager_predictor
 from segdistill.deploy.shapes import ImageShape, parse_range
 from segdistill.deploy.wrapper import DTYPES, INPUT_NAME, DeployModel, load_deploy_model
 from segdistill.errors import ConfigError, run_command
@@ -127,8 +130,27 @@ def main(argv: list[str] | None = None) -> ParityReport:
     info.versions.update(onnx=onnx.__version__, onnxscript=onnxscript.__version__, onnxruntime=onnxruntime.__version__)
     if args.slim:
         info.versions["onnxslim"] = importlib.metadata.version("onnxslim")
-    info.extra.update(opset=args.opset, exporter="torch.onnx.export(dynamo=True)", slim=args.slim, traced_at=str(shape))
-    return gate_artifact(path, info, shape, args)
+    info.extra.update(opset=args.opset, exporter=f"torch.onnx.export(dynamo={not quantization})", slim=args.slim, traced_at=str(shape))
+    report = gate_artifact(path, info, shape, args)
+    if quantization and args.data:
+        compare_with_fp32_student(path, info, meta, report, args)
+    return report
+
+
+def compare_with_fp32_student(path: Path, info: ArtifactInfo, meta: dict, report: ParityReport, args: argparse.Namespace) -> None:
+    """A QAT graph's mIoU beside that of the FP32 student it was trained from (``model.init_from``), on the
+    gate's dataset images, printed and recorded in the sidecar (``extra.quantization.fp32_student``)."""
+    start = meta["model"].get("init_from")
+    if not start or not Path(start).exists():
+        print(f"note: the FP32 student this model was trained from ({start!r}) is not here; no mIoU to compare with")
+        return
+    dataset = open_dataset(args.data, info.data, args.split)
+    fp32 = eager_predictor(start, "cpu", info.output_kind, info.normalization_in_graph)
+    fp32_miou = 100 * evaluate(fp32, dataset, args.parity_images, progress=False).miou
+    qat_miou = next(check.miou_artifact for check in report.checks if check.miou_artifact is not None)
+    info.extra["quantization"]["fp32_student"] = {"checkpoint": str(Path(start).resolve()), "miou": fp32_miou, "qat_int8_miou": qat_miou}
+    write_artifact_info(path, info)
+    print(f"mIoU on {dataset.info.name}: FP32 student {fp32_miou:.2f} ({start}), this QAT INT8 graph {qat_miou:.2f}")
 
 
 def cli(argv: list[str] | None = None) -> int:

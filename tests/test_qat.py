@@ -19,7 +19,9 @@ import torch
 from safetensors.torch import load_file
 
 from segdistill.checkpoint import CheckpointError, load_model
+from segdistill.deploy.accuracy import evaluate, open_dataset
 from segdistill.deploy.artifact import ArtifactError
+from segdistill.deploy.backends.torch_modules import eager_predictor
 from segdistill.deploy.wrapper import DeployModel
 from segdistill.errors import ConfigError
 from segdistill.export import to_int8, to_onnx
@@ -57,7 +59,7 @@ def test_a_qat_run_saves_the_trained_scales_and_the_float_layers(qat_run: Path) 
     assert weights["head.convs.0.0.weight_quantizer._amax"].shape[0] == weights["head.convs.0.0.weight"].shape[0]  # per output channel
 
 
-def test_the_qdq_onnx_of_a_qat_model_gives_the_labels_of_the_fake_quantized_model(qat_run: Path, tmp_path: Path) -> None:
+def test_the_qdq_onnx_of_a_qat_model_gives_the_labels_of_the_fake_quantized_model(qat_run: Path, tiny_teacher: Path, tmp_path: Path) -> None:
     out = tmp_path / "qat.onnx"
     report = to_onnx.main(["--checkpoint", str(qat_run), "--out", str(out), "--dynamic", "batch,height,width", "--data", "synthetic"])
     assert report.passed, report.failures
@@ -67,6 +69,9 @@ def test_the_qdq_onnx_of_a_qat_model_gives_the_labels_of_the_fake_quantized_mode
     sidecar = json.loads(out.with_name(out.name + ".json").read_text())
     assert sidecar["precision"] == "int8" and sidecar["extra"]["quantization"]["qat"] is True
     assert sidecar["parity"]["thresholds"]["min_label_agreement"] == 0.995
+    # beside the mIoU of the FP32 student it was trained from, on the same images
+    fp32 = evaluate(eager_predictor(tiny_teacher), open_dataset("synthetic", sidecar["data"]), progress=False)
+    assert sidecar["extra"]["quantization"]["fp32_student"]["miou"] == pytest.approx(100 * fp32.miou)
 
     # The fake-quantized PyTorch model, rebuilt from the checkpoint, against the graph in ONNX Runtime
     model, meta = load_model(qat_run)
