@@ -19,7 +19,7 @@ setup() {
     echo "setting up $VENV (pinned versions from requirements/lock.txt) ..." >&2
     "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade "pip>=24"
-    "$VENV/bin/python" -m pip install --quiet -c requirements/lock.txt -e ".[dev,export,sweep]"
+    "$VENV/bin/python" -m pip install --quiet -c requirements/lock.txt -e ".[dev,export,sweep,qat]"
     cp requirements/lock.txt "$stamp"
     cp pyproject.toml "$VENV/.installed-pyproject"
 }

@@ -37,6 +37,7 @@ from segdistill.config import ModelConfig, config_to_dict
 from segdistill.errors import ConfigError, UserError
 from segdistill.models import build_model
 from segdistill.parsing import parse_dataclass
+from segdistill.quantization import restore_quantizers
 from segdistill.safe_load import LOAD_ERRORS, UnreadableTensors, load_tensors, refusal_reason
 from segdistill.state_folders import (
     PROGRESS_NAME,
@@ -114,15 +115,20 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_weights(model: nn.Module, weights: str | Path) -> None:
-    """Load a safetensors file (or a ``torch.save`` state dict, with ``weights_only=True``) strictly."""
+def read_weights(weights: str | Path) -> dict[str, Any]:
+    """The tensors of a safetensors file (or a ``torch.save`` state dict, with ``weights_only=True``)."""
     weights = Path(weights)
     if not weights.is_file():
         raise CheckpointError(f"weights file {str(weights)!r} does not exist")
     try:
-        state = load_tensors(weights)
+        return load_tensors(weights)
     except UnreadableTensors as err:
         raise CheckpointError(f"weights file {str(weights)!r} could not be read: {err}") from None
+
+
+def load_weights(model: nn.Module, weights: str | Path, state: dict[str, Any] | None = None) -> None:
+    """Load the tensors of ``weights`` (or ``state``, already read from it) strictly."""
+    state = read_weights(weights) if state is None else state
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -141,10 +147,24 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     weights, _ = resolve_model_path(path)
     meta = read_metadata(path)
     model_cfg = parse_dataclass(ModelConfig, meta["model"], "model")
-    model_cfg.pretrained = None  # the checkpoint holds every weight; the ImageNet init is not needed
+    model_cfg.pretrained = model_cfg.init_from = None  # the checkpoint holds every weight
     model = build_model(model_cfg, meta["num_classes"])
-    load_weights(model, weights)
+    state = read_weights(weights)
+    if meta.get("quantization"):  # quantization-aware trained: the fake quantizers, with their trained scales
+        restore_quantizers(model, meta["quantization"], state)
+    load_weights(model, weights, state)
     return model, meta
+
+
+def init_from_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """``model.init_from``: start from the weights of an FP32 model checkpoint of the same architecture."""
+    weights, _ = resolve_model_path(path)
+    if read_metadata(path).get("quantization"):
+        raise CheckpointError(
+            f"config key 'model.init_from': {str(path)!r} was trained with quantization (QAT); "
+            "start from the FP32 checkpoint it was trained from"
+        )
+    load_weights(model, weights)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -82,6 +82,9 @@ class ModelConfig:
     # Tensors of a factory model the losses can bind to: name -> module path, recorded by forward hooks
     # (e.g. {c3: "backbone.layer3", head: "decode_head.fuse"}).
     features: dict[str, str] = field(default_factory=dict)
+    # Start from the weights of one of our model checkpoints of the same architecture (e.g. RUN/final);
+    # `pretrained` is then not loaded.
+    init_from: str | None = None
 
 
 @dataclass
@@ -192,6 +195,17 @@ class EvalConfig:
 
 
 @dataclass
+class QuantizationConfig:
+    """Quantization-aware training (distill/quantization.py): INT8 fake quantization for TensorRT, calibrated
+    on the first ``calibration_images`` training images before the first step; needs ``model.init_from``."""
+
+    calibration_images: int = 64
+    # Layers (module names, glob patterns) kept in float besides the first convolution, the classifiers
+    # and the depthwise convolutions.
+    keep_float: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     output_dir: str = "runs/experiment"
     seed: int = 0
@@ -201,6 +215,8 @@ class Config:
     losses: list[LossConfig] = field(default_factory=list)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # null: FP32 training; a mapping (even {}): quantization-aware training.
+    quantization: QuantizationConfig | None = None
 
 
 def parse_config(values: dict) -> Config:
@@ -333,5 +349,10 @@ def validate_names(cfg: Config) -> None:
         loss_params(loss, where)
         if LOSSES.get(loss.name).needs_teacher and cfg.teacher is None:
             raise ConfigError(f"{where}: loss {loss.name!r} distils from a teacher, but the config has no 'teacher'")
+    if cfg.quantization is not None and cfg.model.init_from is None:
+        raise ConfigError(
+            "config key 'quantization': quantization-aware training starts from a trained FP32 model; "
+            "set model.init_from to its checkpoint (e.g. model.init_from=RUN/final)"
+        )
     if cfg.data.name == "folder" and not cfg.data.classes:
         raise ConfigError("config key 'data.classes': the folder dataset needs the list of class names")

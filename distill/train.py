@@ -11,6 +11,7 @@ continues from its last checkpoint and ends with the weights an uninterrupted ru
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from segdistill import kernels
 from segdistill.atomic_files import atomic_write_text
 from segdistill.checkpoint import (
+    init_from_checkpoint,
     resume_state,
     resume_target,
     save_model,
@@ -45,6 +47,7 @@ from segdistill.metrics import SegMetrics
 from segdistill.models import SegOutput, build_model, count_parameters
 from segdistill.optim import build_optimizer, learning_rate, set_learning_rate
 from segdistill.processes import die_with_launcher
+from segdistill.quantization import float_layers, quantization_meta, quantize_student
 from segdistill.run_lock import run_folder_lock
 from segdistill.teacher import build_teacher
 from segdistill.unreached import freeze_unreached
@@ -173,7 +176,11 @@ def train(args: argparse.Namespace, held: ExitStack) -> dict:
     # ---- data, models, losses -------------------------------------------------------------------
     train_set, val_set = build_dataset(cfg.data, cfg.data.train_split), build_dataset(cfg.data, cfg.data.val_split)
     info = train_set.info
-    student = build_model(cfg.model, info.num_classes)
+    if cfg.model.init_from is None:
+        student = build_model(cfg.model, info.num_classes)
+    else:  # every weight comes from the checkpoint: no ImageNet initialisation to load first
+        student = build_model(dataclasses.replace(cfg.model, pretrained=None), info.num_classes)
+        init_from_checkpoint(student, cfg.model.init_from)
     teacher = build_teacher(cfg.teacher, info, cfg.data).to(accelerator.device) if cfg.teacher is not None else None
     sync_bn = world > 1 and cfg.train.sync_bn and accelerator.distributed_type == DistributedType.MULTI_GPU
     if sync_bn:
@@ -182,6 +189,14 @@ def train(args: argparse.Namespace, held: ExitStack) -> dict:
         print("note: SyncBatchNorm needs GPUs; on CPU processes each normalise over their own batch")
     student.to(accelerator.device)
     probe_images = torch.stack([val_set[0][0]] * 2).float().to(accelerator.device) / 255
+    quantization = None  # what model.json records of a quantization-aware run
+    if cfg.quantization is not None:
+        # Before the first step (and again, identically, before a resume loads the trained scales)
+        keep = float_layers(student, probe_images, info.num_classes, cfg.quantization.keep_float)
+        count = min(cfg.quantization.calibration_images, len(train_set))
+        calibration = [train_set[i][0][None].float().to(accelerator.device) / 255 for i in range(count)]
+        quantize_student(student, keep, calibration)
+        quantization = {**quantization_meta(keep), "calibration_images": count}
     s_out, t_out = dry_run(student, teacher, probe_images)
     criterion = build_criterion(cfg.losses, TaskLoss(info.ignore_index, cfg.train.aux_weight), s_out, t_out).to(accelerator.device)
     if sync_bn:  # loss modules with BatchNorm (adapters, projection heads) normalise over all processes too
@@ -292,7 +307,7 @@ def train(args: argparse.Namespace, held: ExitStack) -> dict:
                 if progress["best_miou"] is None or metrics.miou > progress["best_miou"]:
                     progress["best_miou"], progress["best_step"] = metrics.miou, step
                     if main_process:
-                        save_model(unwrapped.student, run_dir / "best", cfg.model, info, model_extra(cfg, step, metrics))
+                        save_model(unwrapped.student, run_dir / "best", cfg.model, info, model_extra(cfg, step, metrics, quantization))
                 if main_process:
                     bar.write(f"step {step}: val mIoU {100 * metrics.miou:.2f}  (best {100 * progress['best_miou']:.2f} at {progress['best_step']})")
 
@@ -321,14 +336,14 @@ def train(args: argparse.Namespace, held: ExitStack) -> dict:
         "energy": energy,
     }
     if main_process:
-        save_model(unwrapped.student, run_dir / "final", cfg.model, info, model_extra(cfg, step, metrics))
+        save_model(unwrapped.student, run_dir / "final", cfg.model, info, model_extra(cfg, step, metrics, quantization))
         atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=2))
         print(f"\nfinal model: {run_dir / 'final'}\n{metrics.table(info.classes)}")
     accelerator.end_training()
     return result
 
 
-def model_extra(cfg: Config, step: int, metrics: SegMetrics) -> dict:
+def model_extra(cfg: Config, step: int, metrics: SegMetrics, quantization: dict | None) -> dict:
     return {
         "mean": list(cfg.data.mean),
         "std": list(cfg.data.std),
@@ -337,6 +352,7 @@ def model_extra(cfg: Config, step: int, metrics: SegMetrics) -> dict:
         "val_miou": None if math.isnan(metrics.miou) else metrics.miou,
         "teacher": None if cfg.teacher is None else config_to_dict(cfg.teacher),
         "losses": [loss.name for loss in cfg.losses],
+        "quantization": quantization,
     }
 
 

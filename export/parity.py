@@ -56,6 +56,9 @@ THRESHOLDS = {
     # INT8 flips near-ties; at the deployment size, on the dataset, it must still agree on 95% (measured:
     # 96-97% on the CamVid student), on images resized to the range's corners on 90% (measured: 94-97%)
     "int8": Thresholds(0.95, 1.0, 0.90),
+    # INT8 from quantization-aware training, against its own fake-quantized PyTorch model (same scales; only
+    # the rounding of float sums differs)
+    "int8-qat": Thresholds(0.995, 0.3),
 }
 
 
@@ -294,7 +297,8 @@ def gate_artifact(
     shapes = parity_shapes(shape, set(info.dynamic_axes().values()), extra_shapes(args), shape_range)
     dataset = open_dataset(args.data, info.data, args.split) if args.data else None
     label = f"{dataset.info.name}/{args.split or info.data.get('val_split', 'val')}" if dataset is not None else ""
-    report = run_parity(reference, candidate, shapes, thresholds_from(args, info.precision), dataset, args.parity_images, label)
+    precision = "int8-qat" if info.extra.get("quantization", {}).get("qat") else info.precision
+    report = run_parity(reference, candidate, shapes, thresholds_from(args, precision), dataset, args.parity_images, label)
     info.parity = report.to_dict()
     write_artifact_info(artifact, info)
     print(report.table())

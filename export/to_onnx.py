@@ -6,7 +6,9 @@
 
 The graph returns full-resolution logits (N, K, H, W) or int32 labels (N, H, W: the argmax runs in the
 graph, so only labels are copied back to the host); ``--fold-normalize`` makes it take uint8 NHWC
-images with the normalisation inside. The ONNX file passes ``onnx.checker`` (full check) and shape
+images with the normalisation inside. A quantization-aware trained checkpoint (``quantization:`` in its
+training config) becomes a QDQ ONNX directly, with the scales it learnt (no calibration; precision int8,
+gated against its fake-quantized PyTorch model). The ONNX file passes ``onnx.checker`` (full check) and shape
 inference, and is written with a sidecar ``FILE.json``. The parity gate then runs it in ONNX Runtime
 (CPU) against PyTorch at the export shape, at another shape for every dynamic dimension, and on the
 images of ``--data`` if given; the exit status is 1 when it fails (the sidecar records the figures).
@@ -26,6 +28,9 @@ import onnxscript
 import torch
 from torch.export import Dim
 
+from segdistill.deploy.accuracy import evaluate, open_dataset
+from segdistill.deploy.artifact import ArtifactInfo, write_artifact_info
+from segdistill.deploy.backends.torch_modules import eager_predictor
 from segdistill.deploy.shapes import ImageShape, parse_range
 from segdistill.deploy.wrapper import DTYPES, INPUT_NAME, DeployModel, load_deploy_model
 from segdistill.errors import ConfigError, command
@@ -71,10 +76,19 @@ def input_axes(model: DeployModel, dynamic: set[str]) -> dict[int, str]:
 
 
 def export_onnx(
-    model: DeployModel, shape: ImageShape, dynamic: set[str], path: Path, name: str, opset: int = MIN_OPSET, use_slim: bool = False
+    model: DeployModel,
+    shape: ImageShape,
+    dynamic: set[str],
+    path: Path,
+    name: str,
+    opset: int = MIN_OPSET,
+    use_slim: bool = False,
+    quantized: bool = False,
 ) -> None:
     """Trace ``model`` at ``shape`` with ``dynamic`` dimensions left free and write a checked ONNX file; one
-    message naming ``name`` if torch.export cannot trace it (the file already at ``path`` is kept)."""
+    message naming ``name`` if the exporter cannot trace it (the file already at ``path`` is kept).
+    ``quantized``: a model with ModelOpt's fake quantizers, which become QuantizeLinear / DequantizeLinear
+    pairs only through the TorchScript-based exporter (torch.export stops at their data-dependent checks)."""
     if opset < MIN_OPSET:
         raise ConfigError(f"--opset {opset}: use {MIN_OPSET} or newer (the dynamo exporter's translations need it)")
     axes = input_axes(model, dynamic)
@@ -82,19 +96,21 @@ def export_onnx(
     dynamic_shapes = {INPUT_NAME: dict.fromkeys(axes, Dim.DYNAMIC)} if axes else None
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp, shape_generic_pooling(), torch.no_grad():
         raw = Path(tmp) / "raw.onnx"
+        exporter = (
+            {"dynamo": False, "dynamic_axes": {INPUT_NAME: axes} if axes else None}
+            if quantized
+            else {"dynamo": True, "dynamic_shapes": dynamic_shapes, "external_data": False, "optimize": True}
+        )
         try:
             torch.onnx.export(
                 model,
                 (example_input(model, shape),),
                 str(raw),
-                dynamo=True,
                 opset_version=opset,
                 input_names=[INPUT_NAME],
                 output_names=[model.output],
-                dynamic_shapes=dynamic_shapes,
-                external_data=False,
-                optimize=True,
                 verbose=False,
+                **exporter,
             )
         except torch.onnx.OnnxExporterError as err:  # torch.export could not trace the model: say which and why
             raise ConfigError(untraceable(err, name, dynamic, path)) from None
@@ -115,9 +131,9 @@ def untraceable(err: Exception, name: str, dynamic: set[str], path: Path) -> str
     return f"torch.export cannot trace {name}{free}, so {str(path)!r} is left as it was: {reason}{hint}"
 
 
-def default_path(args: argparse.Namespace) -> Path:
+def default_path(args: argparse.Namespace, quantized: bool) -> Path:
     name = "model" + ("_labels" if args.output == "labels" else "") + ("_u8" if args.fold_normalize else "")
-    name += "" if args.precision == "fp32" else f"_{args.precision}"
+    name += "_int8" if quantized else "" if args.precision == "fp32" else f"_{args.precision}"
     return Path(args.checkpoint) / "export" / f"{name}.onnx"
 
 
@@ -128,15 +144,40 @@ def main(argv: list[str] | None = None) -> ParityReport:
     shape = export_shape(args, meta)
     if args.shape_range:  # a bad range stops here, not after the export
         parse_range(args.shape_range, shape)
-    path = Path(args.out) if args.out else default_path(args)
+    quantization = meta.get("quantization")
+    if quantization and args.precision != "fp32":
+        raise ConfigError(f"--precision {args.precision}: {args.checkpoint!r} was trained with quantization (QAT) and exports as its INT8 QDQ graph; leave --precision out")
+    path = Path(args.out) if args.out else default_path(args, bool(quantization))
     print(f"exporting {args.checkpoint} at {shape} (dynamic: {', '.join(sorted(dynamic)) or 'none'}) to {path}")
-    export_onnx(model, shape, dynamic, path, model_name(meta), args.opset, args.slim)
+    export_onnx(model, shape, dynamic, path, model_name(meta), args.opset, args.slim, quantized=bool(quantization))
     info = model.artifact_info("onnx", meta, args.checkpoint, traced_shape(shape, dynamic))
+    if quantization:
+        info.precision = "int8"
+        info.extra["quantization"] = {**quantization, "format": "QDQ", "target": "tensorrt", "qat": True, "calibration": "none: scales from training"}
     info.versions.update(onnx=onnx.__version__, onnxscript=onnxscript.__version__, onnxruntime=onnxruntime.__version__)
     if args.slim:
         info.versions["onnxslim"] = importlib.metadata.version("onnxslim")
-    info.extra.update(opset=args.opset, exporter="torch.onnx.export(dynamo=True)", slim=args.slim, traced_at=str(shape))
-    return gate_artifact(path, info, shape, args)
+    info.extra.update(opset=args.opset, exporter=f"torch.onnx.export(dynamo={not quantization})", slim=args.slim, traced_at=str(shape))
+    report = gate_artifact(path, info, shape, args)
+    if quantization and args.data:
+        compare_with_fp32_student(path, info, meta, report, args)
+    return report
+
+
+def compare_with_fp32_student(path: Path, info: ArtifactInfo, meta: dict, report: ParityReport, args: argparse.Namespace) -> None:
+    """A QAT graph's mIoU beside that of the FP32 student it was trained from (``model.init_from``), on the
+    gate's dataset images, printed and recorded in the sidecar (``extra.quantization.fp32_student``)."""
+    start = meta["model"].get("init_from")
+    if not start or not Path(start).exists():
+        print(f"note: the FP32 student this model was trained from ({start!r}) is not here; no mIoU to compare with")
+        return
+    dataset = open_dataset(args.data, info.data, args.split)
+    fp32 = eager_predictor(start, "cpu", info.output_kind, info.normalization_in_graph)
+    fp32_miou = 100 * evaluate(fp32, dataset, args.parity_images, progress=False).miou
+    qat_miou = next(check.miou_artifact for check in report.checks if check.miou_artifact is not None)
+    info.extra["quantization"]["fp32_student"] = {"checkpoint": str(Path(start).resolve()), "miou": fp32_miou, "qat_int8_miou": qat_miou}
+    write_artifact_info(path, info)
+    print(f"mIoU on {dataset.info.name}: FP32 student {fp32_miou:.2f} ({start}), this QAT INT8 graph {qat_miou:.2f}")
 
 
 # exit status: 0 written and its parity gate passed, 1 the gate failed, 2 a user's mistake (one line on stderr).

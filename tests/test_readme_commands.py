@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,21 @@ def test_readme_int8_graph_keeps_biases_and_the_classifier_in_float(readme_run) 
     assert quantized_convs and any(types.get(n.input[2]) == onnx.TensorProto.FLOAT for n in quantized_convs if len(n.input) > 2)
     classifier = [n for n in graph.node if n.op_type == "Conv"][-1]
     assert types.get(classifier.input[1]) == onnx.TensorProto.FLOAT
+
+
+def test_readme_qat_commands_run_with_the_tiny_overrides(readme_run) -> None:
+    """The "Quantization-aware distillation" lines after the export ones, in the same folder; the training
+    line gets the tiny model's overrides appended (later overrides win; no ImageNet file for its backbone),
+    the others run verbatim."""
+    work, _ = readme_run
+    (work / "configs").symlink_to(ROOT / "configs")
+    tiny = " ".join(shlex.quote(a) for a in [*TINY, f"data.crop_size=[{SIZE[0]},{SIZE[1]}]", "data.resize=1.0", "model.pretrained=null"])
+    env = subprocess_env()
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    for command in readme_commands("Quantization-aware distillation"):
+        command += f" {tiny}" if "segdistill.train" in command else ""
+        result = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    info = read_artifact_info(work / "RUN_QAT" / "final" / "export" / "model_int8.onnx")
+    assert info.precision == "int8" and info.parity["passed"] and info.extra["quantization"]["qat"]
+    assert (work / "runs" / "qat_benchmark" / "results.json").is_file()
