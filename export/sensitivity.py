@@ -16,7 +16,7 @@ import onnxruntime
 import torch
 
 from segdistill.atomic_files import atomic_write_text
-from segdistill.deploy.accuracy import labels_at
+from segdistill.labels import resize_labels
 from segdistill.metrics import ConfusionMatrix
 
 
@@ -41,7 +41,7 @@ def graph_miou(path: Path, batches: list[tuple[np.ndarray, torch.Tensor]], num_c
     for inputs, labels in batches:
         out = session.run(None, {name: inputs})[0]
         predictions = out.argmax(1) if out.ndim == 4 else out  # logits or labels
-        matrix.update(labels_at(predictions.astype(np.int32), tuple(labels.shape[-2:])), labels)
+        matrix.update(resize_labels(torch.from_numpy(predictions.astype(np.int32)), labels.shape[-2:]), labels)
     return 100 * matrix.result().miou
 
 
@@ -54,7 +54,7 @@ def table(rows: list[LayerSensitivity], fp32_miou: float, images: int) -> str:
     return "\n".join(lines)
 
 
-def save(rows: list[LayerSensitivity], fp32_miou: float, images: int, path: Path) -> None:
+def write_report(rows: list[LayerSensitivity], fp32_miou: float, images: int, path: Path) -> None:
     """``path`` (.json) with the figures and beside it the printed table (.txt)."""
     atomic_write_text(path, json.dumps({"fp32_miou": fp32_miou, "images": images, "layers": [asdict(r) for r in rows]}, indent=2))
     atomic_write_text(path.with_suffix(".txt"), table(rows, fp32_miou, images) + "\n")

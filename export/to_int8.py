@@ -184,7 +184,7 @@ def rank_layers(
                 rows.append(sensitivity.LayerSensitivity(layer, node, miou, fp32 - miou))
     rows.sort(key=lambda row: -row.drop)
     print(sensitivity.table(rows, fp32, images))
-    sensitivity.save(rows, fp32, images, output.with_name(f"{output.stem}_sensitivity.json"))
+    sensitivity.write_report(rows, fp32, images, output.with_name(f"{output.stem}_sensitivity.json"))
     return rows
 
 
