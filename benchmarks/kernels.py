@@ -53,6 +53,9 @@ class Case:
     kwargs: dict = field(default_factory=dict)
     normalise: bool = False  # affinity inputs are unit vectors over channels
     flops: float = 0.0  # arithmetic the math needs once the N^2 matrices may not be stored (see docs)
+    # A wider student for the affinity kernels' backward (one recomputation of the tiles per 128 student
+    # channels): GPU only, without the torch.compile baseline (keeps the GPU check's step short).
+    width_sweep: bool = False
 
     def inputs(self, device: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator(device="cpu").manual_seed(0)
@@ -113,6 +116,18 @@ def _cases() -> list[Case]:
         Case("CIRKD pixel-to-pixel", "2x128 / 2x256 x 8192 pixels", (b, cirkd_s, cirkd_nodes),
              (b, cirkd_t, cirkd_nodes), cross_image_affinity_kl, naive.naive_cross_image_affinity_kl,
              {"tau": 0.1}, normalise=True, flops=2.0 * b * b * cirkd_nodes**2 * (2 * (cirkd_s + cirkd_t) + 2 * cirkd_s)),
+    ] + [
+        case
+        for wide in (256, 512)
+        for case in (
+            Case("SKD pair-wise affinity", f"2x{wide} / 2x512 x 2048 nodes", (b, wide, skd_nodes), (b, skd_t, skd_nodes),
+                 pairwise_affinity_mse, naive.naive_pairwise_affinity_mse, normalise=True,
+                 flops=2.0 * b * skd_nodes**2 * (2 * (wide + skd_t) + wide), width_sweep=True),
+            Case("CIRKD pixel-to-pixel", f"2x{wide} / 2x256 x 8192 pixels", (b, wide, cirkd_nodes),
+                 (b, cirkd_t, cirkd_nodes), cross_image_affinity_kl, naive.naive_cross_image_affinity_kl,
+                 {"tau": 0.1}, normalise=True,
+                 flops=2.0 * b * b * cirkd_nodes**2 * (2 * (wide + cirkd_t) + 2 * wide), width_sweep=True),
+        )
     ]  # fmt: skip
 
 
@@ -174,7 +189,7 @@ def bench_cpu(repeat: int) -> None:
           f"fwd + bwd after a warm-up, median of {repeat}, peak memory of the first")  # fmt: skip
     rows = []
     for index, case in enumerate(_cases()):
-        if case.naive is None:
+        if case.naive is None or case.width_sweep:
             continue
         naive_result = _run_cpu_worker(index, "naive", repeat)
         lean_result = _run_cpu_worker(index, "lean", repeat)
@@ -252,7 +267,8 @@ def bench_cuda(dtype: torch.dtype) -> list[dict]:
             # The lean reference is a Python loop of checkpointed chunks; compiling it would unroll the
             # loop, so the compiled baseline is the published form.
             implementations["published, eager"] = case.naive
-            implementations["published, torch.compile"] = torch.compile(case.naive)
+            if not case.width_sweep:
+                implementations["published, torch.compile"] = torch.compile(case.naive)
         results = {}
         for label, fn in implementations.items():
             try:
