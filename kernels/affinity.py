@@ -16,12 +16,15 @@ from collections.abc import Callable
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from segdistill.kernels.blocks import block_rows
 from segdistill.kernels.dispatch import Backend, device_of, resolve_backend
 from segdistill.kernels.precision import at_least_float32
 from segdistill.kernels.validation import check_nodes, check_tau
 
-# Affinity entries per block of rows in the references (1 Mi floats = 4 MiB per matrix).
-CHUNK_ELEMENTS = 1 << 20
+# Buffers of the matrices' size live at the peak (segdistill.kernels.blocks), measured at the benchmark
+# shapes: SKD's published form holds 4 of B x N x N (both affinities, their difference, its square), CIRKD's
+# 2.75 of B^2 x N x N; a block of the references 5 to 5.5 of its own size (6: a margin).
+SKD_MATERIALISING_BUFFERS, CIRKD_MATERIALISING_BUFFERS, BLOCK_BUFFERS = 4.0, 2.75, 6.0
 
 
 def _pairwise_rows(x: torch.Tensor, y: torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -50,7 +53,7 @@ def _checkpointed(rows_fn: Callable[..., torch.Tensor], *args) -> torch.Tensor:
 def pairwise_affinity_mse_reference(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     x, y = at_least_float32(student), at_least_float32(teacher.detach())
     b, _, n = x.shape
-    rows = max(1, CHUNK_ELEMENTS // n)
+    rows = block_rows(n, n, b * n * n, SKD_MATERIALISING_BUFFERS, BLOCK_BUFFERS)
     total = x.new_zeros(())
     for image in range(b):
         for start in range(0, n, rows):
@@ -66,7 +69,7 @@ def cross_image_affinity_kl_reference(
     # (C, B*N): every image's nodes side by side, so one product gives a row block against all images.
     x_all = x.transpose(0, 1).reshape(x.shape[1], b * n)
     y_all = y.transpose(0, 1).reshape(y.shape[1], b * n)
-    rows = max(1, CHUNK_ELEMENTS // (b * n))
+    rows = block_rows(n, b * n, b * b * n * n, CIRKD_MATERIALISING_BUFFERS, BLOCK_BUFFERS)
     total = x.new_zeros(())
     for image in range(b):
         for start in range(image * n, (image + 1) * n, rows):
