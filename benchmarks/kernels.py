@@ -1,6 +1,6 @@
 """Benchmark of the distillation kernels at Cityscapes scale (512x1024 crops, batch 2 per device).
 
-    python benchmarks/kernels.py                  # CPU: memory-lean references vs the published materialising forms
+    python benchmarks/kernels.py                  # CPU: memory-lean references vs the published forms, 1 and 2 threads
     python benchmarks/kernels.py --device cuda    # GPU: Triton vs PyTorch eager and torch.compile, bandwidth, FLOP/s
 
 Every row is forward + backward of one loss core (gradients to the student only). Memory is reported
@@ -174,8 +174,9 @@ def _cpu_worker(case: Case, implementation: str, repeat: int, budget_s: float = 
     }
 
 
-def _run_cpu_worker(index: int, implementation: str, repeat: int) -> dict:
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "SEGDISTILL_KERNELS": "reference"}
+def _run_cpu_worker(index: int, implementation: str, repeat: int, threads: int) -> dict:
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "SEGDISTILL_KERNELS": "reference",
+           "OMP_NUM_THREADS": str(threads)}  # fmt: skip
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(index), implementation,
                "--repeat", str(repeat)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -184,29 +185,32 @@ def _run_cpu_worker(index: int, implementation: str, repeat: int) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def bench_cpu(repeat: int) -> None:
-    print(f"CPU: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"fwd + bwd after a warm-up, median of {repeat}, peak memory of the first")  # fmt: skip
+def bench_cpu(repeat: int, thread_counts: list[int]) -> None:
+    print(f"CPU: {os.cpu_count()} cores, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}; "
+          f"fwd + bwd after a warm-up, median of {repeat}, peak memory of the first; at each thread count the "
+          "published form and the reference run one after the other")  # fmt: skip
     rows = []
     for index, case in enumerate(_cases()):
         if case.naive is None or case.width_sweep:
             continue
-        naive_result = _run_cpu_worker(index, "naive", repeat)
-        lean_result = _run_cpu_worker(index, "lean", repeat)
-        for label, result in (
-            ("published (materialising)", naive_result),
-            ("memory-lean reference", lean_result),
-        ):
-            rows.append((
-                f"{case.name}, {case.shape}", label, f"{result['time_ms']:.1f}",
-                f"{result['peak_bytes'] / MiB:.1f}", f"{result['working_bytes'] / MiB:.1f}",
-                f"{result['time_ms'] / naive_result['time_ms']:.2f}",
-                f"{result['peak_bytes'] / naive_result['peak_bytes']:.3f}",
-                f"{max(result['working_bytes'], 0) / naive_result['working_bytes']:.3f}",
-            ))  # fmt: skip
-        print(f"  done: {case.name}", file=sys.stderr)
+        for threads in thread_counts:
+            naive_result = _run_cpu_worker(index, "naive", repeat, threads)
+            lean_result = _run_cpu_worker(index, "lean", repeat, threads)
+            for label, result in (
+                ("published (materialising)", naive_result),
+                ("memory-lean reference", lean_result),
+            ):
+                rows.append((
+                    f"{case.name}, {case.shape}", str(threads), label, f"{result['time_ms']:.1f}",
+                    f"{result['peak_bytes'] / MiB:.1f}", f"{result['working_bytes'] / MiB:.1f}",
+                    f"{result['time_ms'] / naive_result['time_ms']:.2f}",
+                    f"{result['peak_bytes'] / naive_result['peak_bytes']:.3f}",
+                    f"{max(result['working_bytes'], 0) / naive_result['working_bytes']:.3f}",
+                ))  # fmt: skip
+            print(f"  done: {case.name}, {threads} thread(s)", file=sys.stderr)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
     _print_table(
-        ("loss core, shape", "implementation", "time (ms)", "peak (MiB)", "working (MiB)", "time / published",
+        ("loss core, shape", "threads", "implementation", "time (ms)", "peak (MiB)", "working (MiB)", "time / published",
          "peak / published", "working / published"),
         rows,
     )  # fmt: skip
@@ -323,6 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                         help="input dtype on CUDA (default float32); CPU runs float32")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=3, help="timed fwd + bwd per CPU measurement (>= 1)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="CPU thread counts, each measured side by side (default: 1 2)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="CUDA: end with the rows as one JSON line")
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -338,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.json:
             print(json.dumps(records))
         return
-    bench_cpu(args.repeat)
+    bench_cpu(args.repeat, args.threads)
 
 
 if __name__ == "__main__":

@@ -5,18 +5,16 @@
   images and every row p of A_ij = S_i^T S_j, KL(softmax(A^t_ij[p] / tau) || softmax(A^s_ij[p] / tau)).
 
 Both return SUMS (the losses divide). The references compute the N x N affinities a block of rows at
-a time under activation checkpointing, so memory grows with N, not N^2 (the published codes hold
+a time, each block's gradient right after its loss (``blockwise_sum``), so memory grows with N, not
+N^2 (the published codes hold
 B x N x N, or B^2 x N x N, matrices). Gradients flow to the student only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-from torch.utils.checkpoint import checkpoint
 
-from segdistill.kernels.blocks import block_rows
+from segdistill.kernels.blocks import block_rows, blockwise_sum
 from segdistill.kernels.dispatch import Backend, device_of, resolve_backend
 from segdistill.kernels.precision import at_least_float32
 from segdistill.kernels.validation import check_nodes, check_tau
@@ -45,20 +43,15 @@ def _cross_image_rows(
     return (log_p_t.exp() * (log_p_t - log_p_s)).sum()
 
 
-def _checkpointed(rows_fn: Callable[..., torch.Tensor], *args) -> torch.Tensor:
-    """``rows_fn(*args)`` whose intermediates are recomputed in backward instead of kept."""
-    return checkpoint(rows_fn, *args, use_reentrant=False, preserve_rng_state=False)
-
-
 def pairwise_affinity_mse_reference(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     x, y = at_least_float32(student), at_least_float32(teacher.detach())
     b, _, n = x.shape
     rows = block_rows(n, n, b * n * n, SKD_MATERIALISING_BUFFERS, BLOCK_BUFFERS)
-    total = x.new_zeros(())
-    for image in range(b):
-        for start in range(0, n, rows):
-            total = total + _checkpointed(_pairwise_rows, x[image], y[image], start, min(start + rows, n))
-    return total
+
+    def block_loss(x: torch.Tensor, image: int, start: int) -> torch.Tensor:
+        return _pairwise_rows(x[image], y[image], start, min(start + rows, n))
+
+    return blockwise_sum(block_loss, x, [(image, start) for image in range(b) for start in range(0, n, rows)])
 
 
 def cross_image_affinity_kl_reference(
@@ -70,12 +63,14 @@ def cross_image_affinity_kl_reference(
     x_all = x.transpose(0, 1).reshape(x.shape[1], b * n)
     y_all = y.transpose(0, 1).reshape(y.shape[1], b * n)
     rows = block_rows(n, b * n, b * b * n * n, CIRKD_MATERIALISING_BUFFERS, BLOCK_BUFFERS)
-    total = x.new_zeros(())
-    for image in range(b):
-        for start in range(image * n, (image + 1) * n, rows):
-            stop = min(start + rows, (image + 1) * n)
-            total = total + _checkpointed(_cross_image_rows, x_all, y_all, start, stop, b, tau)
-    return total
+
+    def block_loss(x_all: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        return _cross_image_rows(x_all, y_all, start, stop, b, tau)
+
+    blocks = [
+        (start, min(start + rows, (image + 1) * n)) for image in range(b) for start in range(image * n, (image + 1) * n, rows)
+    ]
+    return blockwise_sum(block_loss, x_all, blocks)
 
 
 def pairwise_affinity_mse(

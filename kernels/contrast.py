@@ -7,16 +7,15 @@ negatives {l : m_l != m_k} (any position); same-group tokens at other positions 
 function returns the SUM over all anchors of -log softmax([S_pos, S_negs] / tau)[0]; the loss divides.
 
 The reference never holds the similarity matrices (or the tokens) of the whole batch: it works on
-bands of patch rows (as large as a memory budget allows, segdistill.kernels.blocks) under activation
-checkpointing, so backward recomputes one band at a time.
+bands of patch rows (as large as a memory budget allows), each band's gradient right after its loss
+(segdistill.kernels.blocks.blockwise_sum).
 """
 
 from __future__ import annotations
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
-from segdistill.kernels.blocks import block_rows
+from segdistill.kernels.blocks import block_rows, blockwise_sum
 from segdistill.kernels.dispatch import Backend, device_of, resolve_backend
 from segdistill.kernels.precision import at_least_float32
 from segdistill.kernels.validation import check_same_shape, check_tau
@@ -67,14 +66,12 @@ def patch_contrast_reference(
     patch_row_entries = tokens * tokens * (w // patch)
     band_rows = block_rows(h // patch, patch_row_entries, b * (h // patch) * patch_row_entries,
                            MATERIALISING_BUFFERS, BAND_BUFFERS)  # fmt: skip
-    total = g.new_zeros(())
-    for image in range(b):
-        for top in range(0, h, band_rows * patch):
-            band = (slice(image, image + 1), slice(None), slice(top, top + band_rows * patch))
-            total = total + checkpoint(
-                _band_loss, g[band], t[band], patch, groups, excluded, tau, use_reentrant=False, preserve_rng_state=False
-            )
-    return total
+
+    def band_loss(g: torch.Tensor, image: int, top: int) -> torch.Tensor:
+        band = (slice(image, image + 1), slice(None), slice(top, top + band_rows * patch))
+        return _band_loss(g[band], t[band], patch, groups, excluded, tau)
+
+    return blockwise_sum(band_loss, g, [(image, top) for image in range(b) for top in range(0, h, band_rows * patch)])
 
 
 def check_patch_args(
