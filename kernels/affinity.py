@@ -25,10 +25,9 @@ from segdistill.kernels.validation import check_nodes, check_tau
 SKD_MATERIALISING_BUFFERS, CIRKD_MATERIALISING_BUFFERS, BLOCK_BUFFERS = 4.0, 2.75, 6.0
 
 
-def _pairwise_rows(x: torch.Tensor, y: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Rows [start, stop) of one image's affinities, (C, N) features: sum of squared differences."""
-    diff = x[:, start:stop].T @ x - y[:, start:stop].T @ y  # (rows, N)
-    return diff.square().sum()
+def _pairwise_diff(x: torch.Tensor, y: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows [start, stop) of one image's affinity difference, (C, N) features: (rows, N)."""
+    return x[:, start:stop].T @ x - y[:, start:stop].T @ y
 
 
 def _cross_image_rows(
@@ -49,9 +48,18 @@ def pairwise_affinity_mse_reference(student: torch.Tensor, teacher: torch.Tensor
     rows = block_rows(n, n, b * n * n, SKD_MATERIALISING_BUFFERS, BLOCK_BUFFERS)
 
     def block_loss(x: torch.Tensor, image: int, start: int) -> torch.Tensor:
-        return _pairwise_rows(x[image], y[image], start, min(start + rows, n))
+        return _pairwise_diff(x[image], y[image], start, min(start + rows, n)).square().sum()
 
-    return blockwise_sum(block_loss, x, [(image, start) for image in range(b) for start in range(0, n, rows)])
+    def add_gradient(x: torch.Tensor, grad: torch.Tensor, image: int, start: int) -> torch.Tensor:
+        # Both affinities are symmetric: d/dX sum D^2 = 4 X D = 4 sum over row blocks of X[:, rows] D[rows, :]
+        # (one product a block, where autograd takes two).
+        stop = min(start + rows, n)
+        diff = _pairwise_diff(x[image], y[image], start, stop)
+        grad[image].addmm_(x[image, :, start:stop], diff, alpha=4.0)
+        return diff.square().sum()
+
+    blocks = [(image, start) for image in range(b) for start in range(0, n, rows)]
+    return blockwise_sum(block_loss, x, blocks, add_gradient)
 
 
 def cross_image_affinity_kl_reference(
