@@ -168,7 +168,7 @@ def test_affinities_match_loops_and_published_forms(b, cs, ct, n):
 
 
 def test_chunked_references_equal_the_materialising_forms_in_value_and_gradient(monkeypatch):
-    # A budget of 1/6 and no floor: SKD blocks of 2 of the 13 rows (the last ragged), CIRKD of 1 row,
+    # A budget of 1/6 and no floor: SKD blocks of 1 of the 13 rows of both images, CIRKD of 1 row,
     # Af-DCD bands of 1 of the 3 patch rows (16 tokens, 3 patches a row), each checkpointed.
     monkeypatch.setattr(blocks, "MIN_BLOCK_ENTRIES", 0)
     monkeypatch.setattr(blocks, "WORKING_FRACTION", 6)
@@ -191,12 +191,12 @@ def test_chunked_references_equal_the_materialising_forms_in_value_and_gradient(
 
 
 def test_reference_blocks_at_the_benchmark_shapes_are_few_and_within_a_quarter_of_the_published_memory():
-    """Blocks from the memory budget: a handful per image (not the 128 blocks of 64 rows a CIRKD image
-    had), with the block's buffers at most 1/4 of the published form's."""
+    """Blocks from the memory budget: a handful (not the 128 blocks of 64 rows a CIRKD image had), with
+    the block's buffers at most 1/4 of the published form's."""
     b, skd_n, cirkd_n = 2, 2048, 8192
     shapes = {  # total entries, entries a row, buffer counts, rows an image
-        "SKD": (b * skd_n**2, skd_n, affinity.SKD_MATERIALISING_BUFFERS, affinity.BLOCK_BUFFERS, skd_n),
-        "CIRKD": (b * b * cirkd_n**2, b * cirkd_n, affinity.CIRKD_MATERIALISING_BUFFERS, affinity.BLOCK_BUFFERS,
+        "SKD": (b * skd_n**2, b * skd_n, affinity.SKD_MATERIALISING_BUFFERS, affinity.SKD_BLOCK_BUFFERS, skd_n),
+        "CIRKD": (b * b * cirkd_n**2, b * cirkd_n, affinity.CIRKD_MATERIALISING_BUFFERS, affinity.CIRKD_BLOCK_BUFFERS,
                   cirkd_n),
         # Af-DCD pooled c4 2x2048x16x32: 4 patch rows an image of 8 patches of 256 x 256 similarities.
         "Af-DCD": (b * 4 * 8 * 256**2, 8 * 256**2, contrast.MATERIALISING_BUFFERS, contrast.BAND_BUFFERS, 4),
