@@ -31,13 +31,16 @@ def block_rows(
     return -(-rows // blocks)
 
 
-def _add_autograd_gradient(block_loss: Callable[..., torch.Tensor], student: torch.Tensor, grad: torch.Tensor,
-                           *block) -> torch.Tensor:  # fmt: skip
+def add_autograd_gradient(
+    loss_fn: Callable[..., torch.Tensor], part: torch.Tensor, grad_part: torch.Tensor, *args
+) -> torch.Tensor:
+    """``loss_fn(part, *args)``, adding its gradient (by autograd) into ``grad_part``: the part of the
+    student's gradient buffer a block touches (a view), so no student-sized zeros per block."""
     with torch.enable_grad():
-        leaf = student.detach().requires_grad_()
-        loss = block_loss(leaf, *block)
+        leaf = part.detach().requires_grad_()
+        loss = loss_fn(leaf, *args)
         (block_grad,) = torch.autograd.grad(loss, leaf)
-    grad += block_grad
+    grad_part += block_grad
     return loss.detach()
 
 
@@ -50,7 +53,7 @@ class _BlockwiseSum(torch.autograd.Function):
             if grad is None:
                 total += block_loss(student, *block)
             elif add_gradient is None:
-                total += _add_autograd_gradient(block_loss, student, grad, *block)
+                total += add_autograd_gradient(block_loss, student, grad, *block)
             else:
                 total += add_gradient(student, grad, *block)
         ctx.save_for_backward(grad)
@@ -75,5 +78,5 @@ def blockwise_sum(
     backward only scales that buffer: unlike activation checkpointing, nothing is computed twice (the
     recomputation, the teacher's product included, made the references up to 4.7x slower than the
     published forms). ``add_gradient(student, grad, *block)``, when given, returns the block's loss
-    and adds its gradient into ``grad`` by a closed form instead of autograd."""
+    and adds its gradient into ``grad`` itself (a closed form, or autograd on the block's part only)."""
     return _BlockwiseSum.apply(student, block_loss, blocks, add_gradient)

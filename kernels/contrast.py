@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from segdistill.kernels.blocks import block_rows, blockwise_sum
+from segdistill.kernels.blocks import add_autograd_gradient, block_rows, blockwise_sum
 from segdistill.kernels.dispatch import Backend, device_of, resolve_backend
 from segdistill.kernels.precision import at_least_float32
 from segdistill.kernels.validation import check_same_shape, check_tau
@@ -46,12 +46,11 @@ def _band_loss(
     g: torch.Tensor, t: torch.Tensor, patch: int, groups: int, excluded: torch.Tensor, tau: float
 ) -> torch.Tensor:
     """The loss of the patches in one horizontal band of the maps; tokens are cut here, per band."""
-    # Tokens scaled by 1/tau rather than the (tokens x tokens) distances, and the mask filled in place:
-    # two fewer buffers of the similarities' size.
-    distance = torch.cdist(patch_tokens(g, patch, groups) / tau, patch_tokens(t, patch, groups) / tau, p=1)
+    distance = torch.cdist(patch_tokens(g, patch, groups), patch_tokens(t, patch, groups), p=1)
     # log_softmax, not logsumexp minus the diagonal: on CPU its exp is vectorised (logsumexp's took
-    # 8x longer at the benchmark shape); excluded entries are -inf and get zero gradient.
-    log_p = torch.log_softmax(distance.neg().masked_fill_(excluded, float("-inf")), dim=-1)
+    # 8x longer at the benchmark shape); excluded entries are -inf and get zero gradient. The mask is
+    # filled in place: one buffer of the similarities' size fewer.
+    log_p = torch.log_softmax(distance.mul(-1.0 / tau).masked_fill_(excluded, float("-inf")), dim=-1)
     return -log_p.diagonal(dim1=-2, dim2=-1).sum()
 
 
@@ -67,11 +66,18 @@ def patch_contrast_reference(
     band_rows = block_rows(h // patch, patch_row_entries, b * (h // patch) * patch_row_entries,
                            MATERIALISING_BUFFERS, BAND_BUFFERS)  # fmt: skip
 
-    def band_loss(g: torch.Tensor, image: int, top: int) -> torch.Tensor:
-        band = (slice(image, image + 1), slice(None), slice(top, top + band_rows * patch))
-        return _band_loss(g[band], t[band], patch, groups, excluded, tau)
+    def band(image: int, top: int) -> tuple[slice, ...]:
+        return slice(image, image + 1), slice(None), slice(top, top + band_rows * patch)
 
-    return blockwise_sum(band_loss, g, [(image, top) for image in range(b) for top in range(0, h, band_rows * patch)])
+    def band_loss(g: torch.Tensor, image: int, top: int) -> torch.Tensor:
+        return _band_loss(g[band(image, top)], t[band(image, top)], patch, groups, excluded, tau)
+
+    def add_gradient(g: torch.Tensor, grad: torch.Tensor, image: int, top: int) -> torch.Tensor:
+        where = band(image, top)
+        return add_autograd_gradient(_band_loss, g[where], grad[where], t[where], patch, groups, excluded, tau)
+
+    blocks = [(image, top) for image in range(b) for top in range(0, h, band_rows * patch)]
+    return blockwise_sum(band_loss, g, blocks, add_gradient)
 
 
 def check_patch_args(
