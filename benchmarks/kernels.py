@@ -1,6 +1,6 @@
 """Benchmark of the distillation kernels at Cityscapes scale (512x1024 crops, batch 2 per device).
 
-    python benchmarks/kernels.py                  # CPU: memory-lean references vs the published materialising forms
+    python benchmarks/kernels.py                  # CPU: memory-lean references vs the published forms, 1 and 2 threads
     python benchmarks/kernels.py --device cuda    # GPU: Triton vs PyTorch eager and torch.compile, bandwidth, FLOP/s
 
 Every row is forward + backward of one loss core (gradients to the student only). Memory is reported
@@ -53,6 +53,9 @@ class Case:
     kwargs: dict = field(default_factory=dict)
     normalise: bool = False  # affinity inputs are unit vectors over channels
     flops: float = 0.0  # arithmetic the math needs once the N^2 matrices may not be stored (see docs)
+    # A wider student for the affinity kernels' backward (one recomputation of the tiles per 128 student
+    # channels): GPU only, without the torch.compile baseline (keeps the GPU check's step short).
+    width_sweep: bool = False
 
     def inputs(self, device: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator(device="cpu").manual_seed(0)
@@ -113,6 +116,18 @@ def _cases() -> list[Case]:
         Case("CIRKD pixel-to-pixel", "2x128 / 2x256 x 8192 pixels", (b, cirkd_s, cirkd_nodes),
              (b, cirkd_t, cirkd_nodes), cross_image_affinity_kl, naive.naive_cross_image_affinity_kl,
              {"tau": 0.1}, normalise=True, flops=2.0 * b * b * cirkd_nodes**2 * (2 * (cirkd_s + cirkd_t) + 2 * cirkd_s)),
+    ] + [
+        case
+        for wide in (256, 512)
+        for case in (
+            Case("SKD pair-wise affinity", f"2x{wide} / 2x512 x 2048 nodes", (b, wide, skd_nodes), (b, skd_t, skd_nodes),
+                 pairwise_affinity_mse, naive.naive_pairwise_affinity_mse, normalise=True,
+                 flops=2.0 * b * skd_nodes**2 * (2 * (wide + skd_t) + wide), width_sweep=True),
+            Case("CIRKD pixel-to-pixel", f"2x{wide} / 2x256 x 8192 pixels", (b, wide, cirkd_nodes),
+                 (b, cirkd_t, cirkd_nodes), cross_image_affinity_kl, naive.naive_cross_image_affinity_kl,
+                 {"tau": 0.1}, normalise=True,
+                 flops=2.0 * b * b * cirkd_nodes**2 * (2 * (wide + cirkd_t) + 2 * wide), width_sweep=True),
+        )
     ]  # fmt: skip
 
 
@@ -159,8 +174,9 @@ def _cpu_worker(case: Case, implementation: str, repeat: int, budget_s: float = 
     }
 
 
-def _run_cpu_worker(index: int, implementation: str, repeat: int) -> dict:
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "SEGDISTILL_KERNELS": "reference"}
+def _run_cpu_worker(index: int, implementation: str, repeat: int, threads: int) -> dict:
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "SEGDISTILL_KERNELS": "reference",
+           "OMP_NUM_THREADS": str(threads)}  # fmt: skip
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(index), implementation,
                "--repeat", str(repeat)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -169,29 +185,32 @@ def _run_cpu_worker(index: int, implementation: str, repeat: int) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def bench_cpu(repeat: int) -> None:
-    print(f"CPU: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"fwd + bwd after a warm-up, median of {repeat}, peak memory of the first")  # fmt: skip
+def bench_cpu(repeat: int, thread_counts: list[int]) -> None:
+    print(f"CPU: {os.cpu_count()} cores, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}; "
+          f"fwd + bwd after a warm-up, median of {repeat}, peak memory of the first; at each thread count the "
+          "published form and the reference run one after the other")  # fmt: skip
     rows = []
     for index, case in enumerate(_cases()):
-        if case.naive is None:
+        if case.naive is None or case.width_sweep:
             continue
-        naive_result = _run_cpu_worker(index, "naive", repeat)
-        lean_result = _run_cpu_worker(index, "lean", repeat)
-        for label, result in (
-            ("published (materialising)", naive_result),
-            ("memory-lean reference", lean_result),
-        ):
-            rows.append((
-                f"{case.name}, {case.shape}", label, f"{result['time_ms']:.1f}",
-                f"{result['peak_bytes'] / MiB:.1f}", f"{result['working_bytes'] / MiB:.1f}",
-                f"{result['time_ms'] / naive_result['time_ms']:.2f}",
-                f"{result['peak_bytes'] / naive_result['peak_bytes']:.3f}",
-                f"{max(result['working_bytes'], 0) / naive_result['working_bytes']:.3f}",
-            ))  # fmt: skip
-        print(f"  done: {case.name}", file=sys.stderr)
+        for threads in thread_counts:
+            naive_result = _run_cpu_worker(index, "naive", repeat, threads)
+            lean_result = _run_cpu_worker(index, "lean", repeat, threads)
+            for label, result in (
+                ("published (materialising)", naive_result),
+                ("memory-lean reference", lean_result),
+            ):
+                rows.append((
+                    f"{case.name}, {case.shape}", str(threads), label, f"{result['time_ms']:.1f}",
+                    f"{result['peak_bytes'] / MiB:.1f}", f"{result['working_bytes'] / MiB:.1f}",
+                    f"{result['time_ms'] / naive_result['time_ms']:.2f}",
+                    f"{result['peak_bytes'] / naive_result['peak_bytes']:.3f}",
+                    f"{max(result['working_bytes'], 0) / naive_result['working_bytes']:.3f}",
+                ))  # fmt: skip
+            print(f"  done: {case.name}, {threads} thread(s)", file=sys.stderr)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
     _print_table(
-        ("loss core, shape", "implementation", "time (ms)", "peak (MiB)", "working (MiB)", "time / published",
+        ("loss core, shape", "threads", "implementation", "time (ms)", "peak (MiB)", "working (MiB)", "time / published",
          "peak / published", "working / published"),
         rows,
     )  # fmt: skip
@@ -252,7 +271,8 @@ def bench_cuda(dtype: torch.dtype) -> list[dict]:
             # The lean reference is a Python loop of checkpointed chunks; compiling it would unroll the
             # loop, so the compiled baseline is the published form.
             implementations["published, eager"] = case.naive
-            implementations["published, torch.compile"] = torch.compile(case.naive)
+            if not case.width_sweep:
+                implementations["published, torch.compile"] = torch.compile(case.naive)
         results = {}
         for label, fn in implementations.items():
             try:
@@ -307,6 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                         help="input dtype on CUDA (default float32); CPU runs float32")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=3, help="timed fwd + bwd per CPU measurement (>= 1)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="CPU thread counts, each measured side by side (default: 1 2)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="CUDA: end with the rows as one JSON line")
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -322,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.json:
             print(json.dumps(records))
         return
-    bench_cpu(args.repeat)
+    bench_cpu(args.repeat, args.threads)
 
 
 if __name__ == "__main__":

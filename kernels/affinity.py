@@ -5,29 +5,31 @@
   images and every row p of A_ij = S_i^T S_j, KL(softmax(A^t_ij[p] / tau) || softmax(A^s_ij[p] / tau)).
 
 Both return SUMS (the losses divide). The references compute the N x N affinities a block of rows at
-a time under activation checkpointing, so memory grows with N, not N^2 (the published codes hold
+a time, each block's gradient right after its loss (``blockwise_sum``), so memory grows with N, not
+N^2 (the published codes hold
 B x N x N, or B^2 x N x N, matrices). Gradients flow to the student only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-from torch.utils.checkpoint import checkpoint
 
+from segdistill.kernels.blocks import block_rows, blockwise_sum
 from segdistill.kernels.dispatch import Backend, device_of, resolve_backend
 from segdistill.kernels.precision import at_least_float32
 from segdistill.kernels.validation import check_nodes, check_tau
 
-# Affinity entries per block of rows in the references (1 Mi floats = 4 MiB per matrix).
-CHUNK_ELEMENTS = 1 << 20
+# Buffers of the matrices' size live at the peak (segdistill.kernels.blocks), measured at the benchmark
+# shapes: SKD's published form holds 4 of B x N x N (both affinities, their difference, its square), CIRKD's
+# 2.75 of B^2 x N x N; a block of the references 5.5 of its own size (CIRKD; 6 with a margin), 4.2 with
+# SKD's closed-form gradient (4.5).
+SKD_MATERIALISING_BUFFERS, CIRKD_MATERIALISING_BUFFERS = 4.0, 2.75
+SKD_BLOCK_BUFFERS, CIRKD_BLOCK_BUFFERS = 4.5, 6.0
 
 
-def _pairwise_rows(x: torch.Tensor, y: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Rows [start, stop) of one image's affinities, (C, N) features: sum of squared differences."""
-    diff = x[:, start:stop].T @ x - y[:, start:stop].T @ y  # (rows, N)
-    return diff.square().sum()
+def _pairwise_diff(x: torch.Tensor, y: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows [start, stop) of every image's affinity difference, (B, C, N) features: (B, rows, N)."""
+    return x[:, :, start:stop].transpose(1, 2) @ x - y[:, :, start:stop].transpose(1, 2) @ y
 
 
 def _cross_image_rows(
@@ -42,20 +44,24 @@ def _cross_image_rows(
     return (log_p_t.exp() * (log_p_t - log_p_s)).sum()
 
 
-def _checkpointed(rows_fn: Callable[..., torch.Tensor], *args) -> torch.Tensor:
-    """``rows_fn(*args)`` whose intermediates are recomputed in backward instead of kept."""
-    return checkpoint(rows_fn, *args, use_reentrant=False, preserve_rng_state=False)
-
-
 def pairwise_affinity_mse_reference(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     x, y = at_least_float32(student), at_least_float32(teacher.detach())
     b, _, n = x.shape
-    rows = max(1, CHUNK_ELEMENTS // n)
-    total = x.new_zeros(())
-    for image in range(b):
-        for start in range(0, n, rows):
-            total = total + _checkpointed(_pairwise_rows, x[image], y[image], start, min(start + rows, n))
-    return total
+    # Blocks of rows of all images at once (batched products: fewer, larger operator calls).
+    rows = block_rows(n, b * n, b * n * n, SKD_MATERIALISING_BUFFERS, SKD_BLOCK_BUFFERS)
+
+    def block_loss(x: torch.Tensor, start: int) -> torch.Tensor:
+        return _pairwise_diff(x, y, start, min(start + rows, n)).square().sum()
+
+    def add_gradient(x: torch.Tensor, grad: torch.Tensor, start: int) -> torch.Tensor:
+        # Both affinities are symmetric: d/dX sum D^2 = 4 X D = 4 sum over row blocks of X[:, rows] D[rows, :]
+        # (one product a block, where autograd takes two).
+        stop = min(start + rows, n)
+        diff = _pairwise_diff(x, y, start, stop)
+        grad.baddbmm_(x[:, :, start:stop], diff, alpha=4.0)
+        return diff.square().sum()
+
+    return blockwise_sum(block_loss, x, [(start,) for start in range(0, n, rows)], add_gradient)
 
 
 def cross_image_affinity_kl_reference(
@@ -66,13 +72,15 @@ def cross_image_affinity_kl_reference(
     # (C, B*N): every image's nodes side by side, so one product gives a row block against all images.
     x_all = x.transpose(0, 1).reshape(x.shape[1], b * n)
     y_all = y.transpose(0, 1).reshape(y.shape[1], b * n)
-    rows = max(1, CHUNK_ELEMENTS // (b * n))
-    total = x.new_zeros(())
-    for image in range(b):
-        for start in range(image * n, (image + 1) * n, rows):
-            stop = min(start + rows, (image + 1) * n)
-            total = total + _checkpointed(_cross_image_rows, x_all, y_all, start, stop, b, tau)
-    return total
+    rows = block_rows(n, b * n, b * b * n * n, CIRKD_MATERIALISING_BUFFERS, CIRKD_BLOCK_BUFFERS)
+
+    def block_loss(x_all: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        return _cross_image_rows(x_all, y_all, start, stop, b, tau)
+
+    blocks = [
+        (start, min(start + rows, (image + 1) * n)) for image in range(b) for start in range(image * n, (image + 1) * n, rows)
+    ]
+    return blockwise_sum(block_loss, x_all, blocks)
 
 
 def pairwise_affinity_mse(

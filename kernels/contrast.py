@@ -7,21 +7,23 @@ negatives {l : m_l != m_k} (any position); same-group tokens at other positions 
 function returns the SUM over all anchors of -log softmax([S_pos, S_negs] / tau)[0]; the loss divides.
 
 The reference never holds the similarity matrices (or the tokens) of the whole batch: it works on
-bands of patch rows under activation checkpointing, so backward recomputes one band at a time.
+bands of patch rows (as large as a memory budget allows), each band's gradient right after its loss
+(segdistill.kernels.blocks.blockwise_sum).
 """
 
 from __future__ import annotations
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
+from segdistill.kernels.blocks import add_autograd_gradient, block_rows, blockwise_sum
 from segdistill.kernels.dispatch import Backend, device_of, resolve_backend
 from segdistill.kernels.precision import at_least_float32
 from segdistill.kernels.validation import check_same_shape, check_tau
 
-# Similarity entries per band of the reference (512 Ki floats = 2 MiB; at Cityscapes scale one patch row);
-# a few such buffers live at once.
-CHUNK_ELEMENTS = 1 << 19
+# Buffers of the similarity matrices' size live at the peak (segdistill.kernels.blocks), measured at the
+# benchmark shape: the published form about 10 (cdist, masks, gathered logits, cross-entropy), a band
+# about 5.5 of its own size.
+MATERIALISING_BUFFERS, BAND_BUFFERS = 10.0, 5.5
 
 
 def patch_tokens(x: torch.Tensor, patch: int, groups: int) -> torch.Tensor:
@@ -44,9 +46,12 @@ def _band_loss(
     g: torch.Tensor, t: torch.Tensor, patch: int, groups: int, excluded: torch.Tensor, tau: float
 ) -> torch.Tensor:
     """The loss of the patches in one horizontal band of the maps; tokens are cut here, per band."""
-    similarity = -torch.cdist(patch_tokens(g, patch, groups), patch_tokens(t, patch, groups), p=1) / tau
-    lse = torch.logsumexp(similarity.masked_fill(excluded, float("-inf")), dim=-1)
-    return (lse - similarity.diagonal(dim1=-2, dim2=-1)).sum()
+    distance = torch.cdist(patch_tokens(g, patch, groups), patch_tokens(t, patch, groups), p=1)
+    # log_softmax, not logsumexp minus the diagonal: on CPU its exp is vectorised (logsumexp's took
+    # 8x longer at the benchmark shape); excluded entries are -inf and get zero gradient. The mask is
+    # filled in place: one buffer of the similarities' size fewer.
+    log_p = torch.log_softmax(distance.mul(-1.0 / tau).masked_fill_(excluded, float("-inf")), dim=-1)
+    return -log_p.diagonal(dim1=-2, dim2=-1).sum()
 
 
 def patch_contrast_reference(
@@ -56,16 +61,23 @@ def patch_contrast_reference(
     b, _, h, w = g.shape
     tokens = patch * patch * groups
     excluded = contrast_exclusion_mask(tokens, groups, g.device)
-    # Bands of whole patch rows of one image, about CHUNK_ELEMENTS similarity entries each.
-    band_rows = max(1, CHUNK_ELEMENTS // (tokens * tokens * (w // patch)))
-    total = g.new_zeros(())
-    for image in range(b):
-        for top in range(0, h, band_rows * patch):
-            band = (slice(image, image + 1), slice(None), slice(top, top + band_rows * patch))
-            total = total + checkpoint(
-                _band_loss, g[band], t[band], patch, groups, excluded, tau, use_reentrant=False, preserve_rng_state=False
-            )
-    return total
+    # Bands of whole patch rows of one image, as many as the memory budget allows.
+    patch_row_entries = tokens * tokens * (w // patch)
+    band_rows = block_rows(h // patch, patch_row_entries, b * (h // patch) * patch_row_entries,
+                           MATERIALISING_BUFFERS, BAND_BUFFERS)  # fmt: skip
+
+    def band(image: int, top: int) -> tuple[slice, ...]:
+        return slice(image, image + 1), slice(None), slice(top, top + band_rows * patch)
+
+    def band_loss(g: torch.Tensor, image: int, top: int) -> torch.Tensor:
+        return _band_loss(g[band(image, top)], t[band(image, top)], patch, groups, excluded, tau)
+
+    def add_gradient(g: torch.Tensor, grad: torch.Tensor, image: int, top: int) -> torch.Tensor:
+        where = band(image, top)
+        return add_autograd_gradient(_band_loss, g[where], grad[where], t[where], patch, groups, excluded, tau)
+
+    blocks = [(image, top) for image in range(b) for top in range(0, h, band_rows * patch)]
+    return blockwise_sum(band_loss, g, blocks, add_gradient)
 
 
 def check_patch_args(

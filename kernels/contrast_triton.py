@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 NEG = tl.constexpr(-1.0e30)  # finite "minus infinity": masked logits are replaced before exp, so no inf - inf
-NUM_WARPS = 8  # the 8k-float difference tile: under 180 registers a thread on sm_90 (segdistill.kernels.compile_check)
+NUM_WARPS = 8  # the 4k-float difference tile: at most 128 registers a thread, 2 blocks per SM (segdistill.kernels.compile_check)
 
 
 @triton.jit
@@ -99,10 +99,11 @@ def _patch_contrast_kernel(
 
 
 def _blocks(tokens: int, channels: int) -> tuple[int, int, int]:
-    """(anchors, teacher tokens, channels) per tile: the 3-D difference tile holds about 8k floats."""
+    """(anchors, teacher tokens, channels) per tile: the 3-D difference tile holds about 4k floats (8k
+    took 177 registers a thread in backward: one block of 8 warps per SM, 12.5 %)."""
     block_d = triton.next_power_of_2(channels)
     block_l = min(triton.next_power_of_2(tokens), 4)
-    block_k = min(triton.next_power_of_2(tokens), max(1, 8192 // (block_l * block_d)), 64)
+    block_k = min(triton.next_power_of_2(tokens), max(1, 4096 // (block_l * block_d)), 64)
     return block_k, block_l, block_d
 
 

@@ -15,12 +15,22 @@ triton = pytest.importorskip("triton")
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 
 
-@pytest.mark.skipif(not PTXAS.exists(), reason="this triton build ships no ptxas to compile CUDA kernels")
-def test_every_kernel_compiles_for_sm90_without_spills(tmp_path, monkeypatch):
+def compile_check(tmp_path, monkeypatch, *args: str) -> str:
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # compile for real, not from a cache
-    result = run_python(["-m", "segdistill.kernels.compile_check", "--arch", "90", "--fail-on-spill"], timeout=600)
+    result = run_python(["-m", "segdistill.kernels.compile_check", *args], timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def affinity_rows(table: str) -> list[list[str]]:
+    rows = [[cell.strip() for cell in line.split("|")] for line in table.splitlines()]
+    return [row for row in rows if row[0].startswith(("pairwise_mse", "cross_image_kl"))]
+
+
+@pytest.mark.skipif(not PTXAS.exists(), reason="this triton build ships no ptxas to compile CUDA kernels")
+def test_every_kernel_compiles_for_sm90_without_spills_at_25_percent_occupancy(tmp_path, monkeypatch):
+    table = compile_check(tmp_path, monkeypatch, "--arch", "90", "--fail-on-spill", "--fail-below-occupancy")
     for kernel in (
         "softmax_kl partial",
         "softmax_kl combine",
@@ -30,5 +40,17 @@ def test_every_kernel_compiles_for_sm90_without_spills(tmp_path, monkeypatch):
         "pairwise_mse forward",
         "cross_image_kl backward columns",
     ):
-        assert kernel in result.stdout
-    assert result.stdout.count("| sm_90 |") == 13
+        assert kernel in table
+    assert table.count("| sm_90 |") == 13
+    # float32 inputs multiply as 3xTF32 on tensor cores.
+    assert {row[-1] for row in affinity_rows(table)} == {"tf32"}
+
+
+@pytest.mark.skipif(not PTXAS.exists(), reason="this triton build ships no ptxas to compile CUDA kernels")
+def test_half_inputs_multiply_natively_on_sm87_at_25_percent_occupancy(tmp_path, monkeypatch):
+    table = compile_check(
+        tmp_path, monkeypatch, "--arch", "87", "--dtype", "bf16", "--fail-on-spill", "--fail-below-occupancy"
+    )
+    rows = affinity_rows(table)
+    assert len(rows) == 5
+    assert {row[-1] for row in rows} == {"bf16"}  # no upcast to float32, no 3xTF32

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from segdistill import kernels
-from segdistill.kernels import affinity, contrast, dispatch, naive
+from segdistill.kernels import affinity, blocks, contrast, dispatch, naive
 
 
 def softmax_np(row: np.ndarray) -> np.ndarray:
@@ -168,10 +168,10 @@ def test_affinities_match_loops_and_published_forms(b, cs, ct, n):
 
 
 def test_chunked_references_equal_the_materialising_forms_in_value_and_gradient(monkeypatch):
-    # Tiny chunks: many row blocks / patch chunks with ragged ends, each checkpointed.
-    monkeypatch.setattr(affinity, "CHUNK_ELEMENTS", 7)
-    # 16 tokens, 3 patches a row: bands of 2 patch rows, the last of 3 rows ragged.
-    monkeypatch.setattr(contrast, "CHUNK_ELEMENTS", 16 * 16 * 3 * 2)
+    # A budget of 1/6 and no floor: SKD blocks of 1 of the 13 rows of both images, CIRKD of 1 row,
+    # Af-DCD bands of 1 of the 3 patch rows (16 tokens, 3 patches a row), each checkpointed.
+    monkeypatch.setattr(blocks, "MIN_BLOCK_ENTRIES", 0)
+    monkeypatch.setattr(blocks, "WORKING_FRACTION", 6)
     x, y = unit_nodes(2, 3, 13, dtype=torch.float32), unit_nodes(2, 4, 13, dtype=torch.float32)
     g, t = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 6, 6)
     cases = [
@@ -188,6 +188,23 @@ def test_chunked_references_equal_the_materialising_forms_in_value_and_gradient(
         naive_value.backward()
         torch.testing.assert_close(lean_value, naive_value, rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_blocks_at_the_benchmark_shapes_are_few_and_within_a_quarter_of_the_published_memory():
+    """Blocks from the memory budget: a handful (not the 128 blocks of 64 rows a CIRKD image had), with
+    the block's buffers at most 1/4 of the published form's."""
+    b, skd_n, cirkd_n = 2, 2048, 8192
+    shapes = {  # total entries, entries a row, buffer counts, rows an image
+        "SKD": (b * skd_n**2, b * skd_n, affinity.SKD_MATERIALISING_BUFFERS, affinity.SKD_BLOCK_BUFFERS, skd_n),
+        "CIRKD": (b * b * cirkd_n**2, b * cirkd_n, affinity.CIRKD_MATERIALISING_BUFFERS, affinity.CIRKD_BLOCK_BUFFERS,
+                  cirkd_n),
+        # Af-DCD pooled c4 2x2048x16x32: 4 patch rows an image of 8 patches of 256 x 256 similarities.
+        "Af-DCD": (b * 4 * 8 * 256**2, 8 * 256**2, contrast.MATERIALISING_BUFFERS, contrast.BAND_BUFFERS, 4),
+    }  # fmt: skip
+    for name, (total, row, materialising, block, rows_per_image) in shapes.items():
+        rows = blocks.block_rows(rows_per_image, row, total, materialising, block)
+        assert math.ceil(rows_per_image / rows) <= 8, name
+        assert block * rows * row <= materialising * total / 4, name
 
 
 # --------------------------------------------------------------------------- gradients (float64)

@@ -7,8 +7,19 @@ two, tiles smaller than the data (several blocks, a ragged last one), rows split
 
 Tolerances (kernel vs reference, both accumulating in float32 from the same input values):
 * float32 inputs: values rtol 1e-5; gradients atol 1e-5 x the largest gradient (summation order only).
-* float16 / bfloat16 inputs: values rtol 1e-5; the gradients are rounded to the input dtype, so
-  rtol 1e-2 and atol 1e-2 x the largest gradient (one rounding step either side).
+  On a GPU the affinity kernels multiply float32 as 3xTF32 (a path the interpreter, computing in IEEE
+  float32, never runs): each product errs by about 2^-21 relative (the dropped lo x lo term and the
+  rounding of the two TF32 halves) instead of float32's 2^-24, i.e. at most ~1e-6 of the sum of |terms|
+  over the <= 40 channels here, inside the same tolerances.
+* float16 / bfloat16 inputs: values rtol 1e-5 (the affinity kernels multiply them natively on tensor
+  cores: exact products, float32 accumulation, like the reference's float32 products of the same
+  values); the gradients are rounded to the input dtype, and in the affinity kernels the logit gradient
+  is rounded to it before its product, so rtol 1e-2 and atol 1e-2 x the largest gradient (a few
+  rounding steps: float16's unit roundoff is 4.9e-4, bfloat16's 3.9e-3).
+* Against float64 (test_affinity_half_inputs_against_float64): values rtol 1e-6, gradients
+  2 unit roundoffs of the input dtype x the largest gradient (output rounding + the logit gradient's).
+  The interpreter's tl.dot has no bfloat16 (numpy has none), so on CPU bfloat16 is upcast and only
+  float16 takes the native path; a GPU runs both.
 """
 
 from __future__ import annotations
@@ -153,17 +164,20 @@ SMALL_TILES = (16, 16, 16, 16)  # rows, columns, reduced channels, gradient chan
 
 
 @pytest.mark.parametrize(
-    ("b", "cs", "ct", "n", "tiles"),
+    ("b", "cs", "ct", "n", "tiles", "splits"),
     [
-        (2, 5, 7, 11, SMALL_TILES),  # everything in one ragged tile
-        (2, 20, 36, 37, SMALL_TILES),  # 3 node blocks, 2 and 3 channel blocks, 2 gradient channel blocks
-        (1, 8, 16, 40, (16, 32, 16, 16)),  # rows and columns tiled differently
+        (2, 5, 7, 11, SMALL_TILES, 1),  # everything in one ragged tile
+        (2, 20, 36, 37, SMALL_TILES, 1),  # 3 node blocks, 2 and 3 channel blocks, 2 gradient channel blocks
+        (1, 8, 16, 40, (16, 32, 16, 16), 1),  # rows and columns tiled differently
+        (2, 20, 12, 70, SMALL_TILES, 3),  # columns in 3 segments of 32 (the last ragged), gradients summed
     ],
 )
-def test_pairwise_affinity_kernel_matches_reference(b, cs, ct, n, tiles):
+def test_pairwise_affinity_kernel_matches_reference(b, cs, ct, n, tiles, splits):
     torch.manual_seed(5)
     x, y = unit_nodes(b, cs, n), unit_nodes(b, ct, n)
-    compare(lambda u, v: pairwise_affinity_mse_triton(u, v, tiles), pairwise_affinity_mse_reference, x, y)
+    compare(
+        lambda u, v: pairwise_affinity_mse_triton(u, v, tiles, splits), pairwise_affinity_mse_reference, x, y
+    )
 
 
 @pytest.mark.parametrize(
@@ -196,3 +210,22 @@ def test_affinity_half_inputs_through_the_public_functions(dtype):
             x,
             y,
         )
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_affinity_half_inputs_against_float64(dtype):
+    """The native half-precision path against the float64 reference on the same (rounded) inputs."""
+    torch.manual_seed(8)
+    x, y = unit_nodes(2, 24, 50, dtype=dtype), unit_nodes(2, 40, 50, dtype=dtype)
+    unit_roundoff = torch.finfo(dtype).eps / 2
+    for fn, kwargs in ((kernels.pairwise_affinity_mse, {}), (kernels.cross_image_affinity_kl, {"tau": 0.1})):
+        results = []
+        for inputs, backend in (((x, y), "triton"), ((x.double(), y.double()), "reference")):
+            student = inputs[0].detach().clone().requires_grad_()
+            out = fn(student, inputs[1], **kwargs, backend=backend)
+            (grad,) = torch.autograd.grad(out, student)
+            results.append((out.double(), grad.double()))
+        (out_k, grad_k), (out_64, grad_64) = results
+        torch.testing.assert_close(out_k, out_64, rtol=1e-6, atol=0)
+        scale = grad_64.abs().max().item()
+        torch.testing.assert_close(grad_k, grad_64, rtol=0, atol=2 * unit_roundoff * scale)
