@@ -2,7 +2,9 @@
 the same runs on the references (``train.kernels=reference``): every kernel-backed loss, inside the real
 loop (autograd, gradient accumulation, bf16 autocast, resume).
 
-Tolerance: 1e-3 relative on every logged loss and, per weight tensor, 1e-3 of its largest magnitude.
+Tolerance: 1e-3 relative on every logged loss and, per weight tensor, 1e-3 of its largest magnitude or
+1e-5, whichever is larger (a tensor still near zero after two steps, such as an auxiliary head's BatchNorm
+bias at 7e-4, differs by float32 summation noise of 1e-6 once the thread count changes the order).
 Both backends compute in float32 and differ in summation order only: measured on the 2-core machine,
 the curves agree to 3e-5 and the weights to 3e-5 after two steps (bf16 runs often bit for bit, as the
 bf16 backward rounds the differences away). The tiny model amplifies a difference about 20x per step
@@ -32,6 +34,7 @@ from tests.helpers import TINY
 
 STEPS = 2
 TOLERANCE = 1e-3
+WEIGHT_FLOOR = 1e-5
 
 # loss list, extra overrides (accumulation, autocast), the Triton entry point the loss must reach
 CASES = {
@@ -102,7 +105,7 @@ def test_kernels_train_like_the_references(case: str, tiny_teacher: Path, tmp_pa
     for name, weight in reference.items():
         if weight.is_floating_point():
             scale = weight.abs().max().item()
-            assert (triton[name] - weight).abs().max().item() <= TOLERANCE * scale, name
+            assert (triton[name] - weight).abs().max().item() <= max(TOLERANCE * scale, WEIGHT_FLOOR), name
 
 
 def test_resumed_kernel_run_ends_with_the_uninterrupted_weights(tiny_teacher: Path, tmp_path: Path, triton_calls: Counter) -> None:
