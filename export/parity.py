@@ -57,8 +57,12 @@ THRESHOLDS = {
     # 96-97% on the CamVid student), on images resized to the range's corners on 90% (measured: 94-97%)
     "int8": Thresholds(0.95, 1.0, 0.90),
     # INT8 from quantization-aware training, against its own fake-quantized PyTorch model (same scales; only
-    # the rounding of float sums differs)
-    "int8-qat": Thresholds(0.995, 0.3),
+    # the rounding of float sums differs). A quantized network amplifies that rounding: one activation a step
+    # off moves the next layers' steps. Measured on the CamVid MobileNetV2 student: the fake-quantized model
+    # agrees with itself on 97.7% of the labels when its input moves by 1e-6 (the FP32 model: 99.9994%), and
+    # the QDQ graph agrees with it on 97.6-98.9% (ONNX Runtime, graph optimisations on or off). 99.5% would be
+    # below the model's own noise; the mIoU must still agree within 0.3.
+    "int8-qat": Thresholds(0.97, 0.3),
 }
 
 

@@ -68,7 +68,7 @@ def test_the_qdq_onnx_of_a_qat_model_gives_the_labels_of_the_fake_quantized_mode
     assert ops.count("QuantizeLinear") >= 10 and ops.count("DequantizeLinear") >= 10
     sidecar = json.loads(out.with_name(out.name + ".json").read_text())
     assert sidecar["precision"] == "int8" and sidecar["extra"]["quantization"]["qat"] is True
-    assert sidecar["parity"]["thresholds"]["min_label_agreement"] == 0.995
+    assert sidecar["parity"]["thresholds"]["min_label_agreement"] == 0.97  # the QAT row, not PTQ INT8's 0.95
     # beside the mIoU of the FP32 student it was trained from, on the same images
     fp32 = evaluate(eager_predictor(tiny_teacher), open_dataset("synthetic", sidecar["data"]), progress=False)
     assert sidecar["extra"]["quantization"]["fp32_student"]["miou"] == pytest.approx(100 * fp32.miou)
