@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,3 +40,19 @@ def run_python(args: list[str], timeout: float = 600, **kwargs) -> subprocess.Co
     return subprocess.run(
         [sys.executable, *args], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=timeout, **kwargs
     )
+
+
+def kill_training_after(args: list[str], run_dir: Path, state: str = "checkpoints/step_0000003") -> None:
+    """Start ``python -m segdistill.train ARGS output_dir=RUN_DIR`` and kill it with SIGKILL as soon as ``state``
+    exists in the run folder; it must not have finished by then."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segdistill.train", *args, f"output_dir={run_dir}"],
+        cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while not (run_dir / state).is_dir() and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "final").exists()

@@ -6,10 +6,6 @@ ends bit for bit where an uninterrupted one does."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +22,7 @@ from segdistill.losses.discriminator import SAGANDiscriminator, SelfAttention
 from segdistill.models import SegOutput
 from segdistill.parsing import parse_dataclass
 from segdistill.train import main
-from tests.helpers import ROOT, TINY, run_python, subprocess_env
+from tests.helpers import TINY, kill_training_after, run_python
 from tests.test_losses_relational import logged_scalars
 
 NO_CONTEXT = LossContext(torch.zeros(1, 1, 1, dtype=torch.long), 255, 3)
@@ -263,18 +259,7 @@ def test_resume_with_discriminator_and_memory_gives_the_same_weights(tmp_path: P
     main([*args, f"output_dir={reference}"])  # in this process (one thread, as the subprocess): saves a start-up
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "segdistill.train", *args, f"output_dir={killed}"],
-        cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.time() + 300
-    while not (killed / "checkpoints/step_0000003").is_dir() and time.time() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-    assert not (killed / "final").exists()
+    kill_training_after(args, killed)
     capsys.readouterr()
     main([*args, f"output_dir={killed}", "--resume"])
     assert "resumed from" in capsys.readouterr().out

@@ -5,10 +5,6 @@ fake-quantized PyTorch model; a killed QAT run resumes bit for bit; each bad inp
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +22,7 @@ from segdistill.deploy.wrapper import DeployModel
 from segdistill.errors import ConfigError
 from segdistill.export import to_int8, to_onnx
 from segdistill.train import main as train
-from tests.helpers import ROOT, TINY, run_python, subprocess_env
+from tests.helpers import TINY, kill_training_after, run_python
 
 
 def qat_args(fp32: Path) -> list[str]:
@@ -91,17 +87,7 @@ def test_a_killed_qat_run_resumes_bit_for_bit(tiny_teacher: Path, tmp_path: Path
     assert done.returncode == 0, done.stderr[-2000:]
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "segdistill.train", *args, f"output_dir={killed}"],
-        cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.time() + 300
-    while not (killed / "checkpoints/step_0000003").is_dir() and time.time() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "final").exists()
+    kill_training_after(args, killed)
 
     resumed = run_python(["-m", "segdistill.train", *args, f"output_dir={killed}", "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -4,10 +4,6 @@ and the bad inputs a user can cause (each with a clear message and no checkpoint
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +18,7 @@ from segdistill.data.synthetic import CLASSES
 from segdistill.errors import ConfigError
 from segdistill.evaluate import main as evaluate
 from segdistill.train import main
-from tests.helpers import ROOT, TINY, run_python, subprocess_env
+from tests.helpers import TINY, kill_training_after, run_python
 
 
 def test_supervised_run_writes_every_output(tiny_teacher: Path) -> None:
@@ -66,17 +62,7 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "segdistill.train", *args, f"output_dir={killed}"],
-        cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while not (killed / "checkpoints/step_0000003").is_dir() and time.time() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "final").exists()
+    kill_training_after(args, killed)
 
     resumed = run_python(["-m", "segdistill.train", *args, f"output_dir={killed}", "data.num_workers=2", "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
