@@ -84,7 +84,10 @@ def image_batches(dataset: Dataset, info: ArtifactInfo, max_images: int | None =
         yield torch.stack(images).permute(0, 2, 3, 1).numpy(), torch.stack([lab for _, lab in items])
 
 
-def evaluate(predictor: Predictor, dataset: Dataset, max_images: int | None = None, progress: bool = True) -> SegMetrics:
+def evaluate(
+    predictor: Predictor, dataset: Dataset, max_images: int | None = None, progress: bool = True, keep: list[torch.Tensor] | None = None
+) -> SegMetrics:
+    """mIoU and per-class IoU of the artifact's labels; with ``keep``, each batch's labels (at the label size) are appended to it."""
     info = predictor.info
     check_classes(dataset, info, predictor.name)
     matrix = ConfusionMatrix(info.num_classes, dataset.info.ignore_index)
@@ -92,6 +95,8 @@ def evaluate(predictor: Predictor, dataset: Dataset, max_images: int | None = No
     steps = tqdm(image_batches(dataset, info, max_images), f"accuracy {predictor.name}", batches, disable=not progress, leave=False)
     for images, labels in steps:
         predictions = resize_labels(torch.from_numpy(predictor.predict(images)), labels.shape[-2:])
+        if keep is not None:
+            keep.append(predictions.to(torch.int32))
         try:
             matrix.update(predictions, labels)
         except ValueError as err:  # ids outside the classes: the artifact's or the dataset's, said with their names

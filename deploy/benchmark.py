@@ -14,7 +14,8 @@ throughput, separately for
 * compute only: the artifact on inputs already on its device (CUDA events on a GPU), and
 * end to end: uint8 images on the host -> preprocessing, copies, the artifact, argmax -> labels on the host;
 
-and with ``--data`` the mIoU and per-class IoU of what the artifact predicts on the split. Writes
+and with ``--data`` the mIoU and per-class IoU of what the artifact predicts on the split, and the share of
+its labels equal to the first artifact's (of an INT8 graph against its FP32 model, say). Writes
 ``results.json`` (with the environment), ``results.md`` (speed-ups against the first artifact, measured
 in this run) and ``latency_vs_miou.png`` to ``--output``.
 """
@@ -112,12 +113,17 @@ class Timer:
         }
 
 
-def accuracy(predictor: Predictor, args: argparse.Namespace) -> dict[str, Any] | None:
+def accuracy(predictor: Predictor, args: argparse.Namespace, reference: list[torch.Tensor] | None) -> tuple[dict[str, Any] | None, list[torch.Tensor]]:
+    """mIoU, per-class IoU and the share of labels equal to ``reference`` (the first artifact's labels; None:
+    this is the first), with this artifact's labels."""
     if not args.data:
-        return None
+        return None, []
     split = args.split or predictor.info.data.get("val_split", "val")
     dataset = open_dataset(args.data, predictor.info.data, split)
-    metrics = evaluate(predictor, dataset, args.images)
+    labels: list[torch.Tensor] = []
+    metrics = evaluate(predictor, dataset, args.images, keep=labels)
+    reference = labels if reference is None else reference
+    equal = sum(int((a == b).sum()) for a, b in zip(labels, reference, strict=True))
     images = len(dataset) if args.images is None else min(args.images, len(dataset))
     return {
         "dataset": dataset.info.name,
@@ -125,8 +131,9 @@ def accuracy(predictor: Predictor, args: argparse.Namespace) -> dict[str, Any] |
         "images": images,
         "miou": metrics.miou,
         "pixel_accuracy": metrics.pixel_accuracy,
+        "labels_equal_to_first": equal / sum(r.numel() for r in reference),
         "iou": dict(zip(dataset.info.classes, metrics.iou, strict=True)),
-    }
+    }, labels
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -146,9 +153,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for timer in timers:
             timer.round(per_round, args.warmup if r == 0 else REWARM)
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{t.predictor.name} {t.end_to_end[-1]:.2f} ms" for t in timers))
-    results = []
+    results, first_labels = [], None
     for artifact, timer in zip(args.artifact, timers, strict=True):
         predictor = timer.predictor
+        measured, labels = accuracy(predictor, args, first_labels)
+        first_labels = labels if first_labels is None else first_labels
         entry = {
             "name": Path(artifact).name,
             "artifact": str(artifact),
@@ -157,7 +166,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             "device": str(predictor.device),
             "shape": str(timer.shape),
             **timer.stats(),
-            "accuracy": accuracy(predictor, args),
+            "accuracy": measured,
         }
         results.append(entry)
         e = entry["end_to_end"]

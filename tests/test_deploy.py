@@ -112,19 +112,25 @@ def test_backend_and_artifact_must_fit(student, torch_artifacts, tmp_path) -> No
 
 def test_benchmark_reports_latency_and_accuracy(student, torch_artifacts, tmp_path) -> None:
     traced, _ = torch_artifacts
+    other = save_student(tmp_path / "other", "fcn", seed=5)
     out = tmp_path / "bench"
-    results = benchmark.main(
-        ["--artifact", str(student), "--artifact", str(traced), "--data", "synthetic", "--images", "3", "--threads", "1", "--output", str(out)]
-    )
-    assert [r["backend"] for r in results] == ["eager", "torchscript"]
+    artifacts = [a for path in (student, traced, other) for a in ("--artifact", str(path))]
+    results = benchmark.main([*artifacts, "--data", "synthetic", "--images", "3", "--threads", "1", "--output", str(out)])
+    assert [r["backend"] for r in results] == ["eager", "torchscript", "eager"]
+    # the share of labels equal to the first artifact's, against the predictors' own labels on the same images
+    dataset = open_dataset("synthetic", read_artifact_info(traced).data)
+    first, second = eager_predictor(student), eager_predictor(other)
+    images = np.stack([dataset[i][0].permute(1, 2, 0).numpy() for i in range(3)])
+    expected = float((first.predict(images) == second.predict(images)).mean())
+    assert [r["accuracy"]["labels_equal_to_first"] for r in results] == pytest.approx([1.0, 1.0, expected]) and expected < 1
     for r in results:
         assert r["shape"] == f"1x3x{SIZE[0]}x{SIZE[1]}" and r["compute"]["iterations"] == 200
         assert r["end_to_end"]["p50_ms"] <= r["end_to_end"]["p99_ms"] and r["compute"]["cv"] >= 0
     assert results[0]["accuracy"]["miou"] == pytest.approx(results[1]["accuracy"]["miou"])
     saved = json.loads((out / "results.json").read_text())
-    assert saved["environment"]["cpu"]["logical_cores"] and len(saved["results"]) == 2
+    assert saved["environment"]["cpu"]["logical_cores"] and len(saved["results"]) == 3
     markdown = (out / "results.md").read_text()
-    assert "| model.ts | torchscript | fp32 |" in markdown and "1.00x / 1.00x" in markdown
+    assert "| model.ts | torchscript | fp32 |" in markdown and "1.00x / 1.00x" in markdown and "| 100.00 |" in markdown
     assert (out / "latency_vs_miou.png").stat().st_size > 1000
 
 
