@@ -112,9 +112,19 @@ def prepare_for_ort(source: Path, prepared: Path, target: str) -> tuple[list[str
 
 
 def quantize_with_ort(
-    prepared: Path, output: Path, inputs: list[np.ndarray], input_name: str, method: str, target: str, excluded: list[str], only: str | None = None
+    prepared: Path,
+    output: Path,
+    inputs: list[np.ndarray],
+    input_name: str,
+    method: str,
+    target: str,
+    excluded: list[str],
+    ranges: Path,
+    only: str | None = None,
 ) -> None:
-    """Quantize the ``prepared`` graph but its ``excluded`` nodes (with ``only``: that node alone)."""
+    """Quantize the ``prepared`` graph but its ``excluded`` nodes (with ``only``: that node alone). The
+    activation ranges are calibrated once per run: the first call saves them to ``ranges`` (ONNX Runtime's
+    calibration cache, which holds every tensor's range whatever is quantized), later calls read them."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -147,6 +157,7 @@ def quantize_with_ort(
         # TensorRT dequantizes only INT8 / FP8 (onnx-tensorrt operators.md) and fuses float biases itself:
         # no DequantizeLinear on INT32 biases there; ONNX Runtime's CPU kernels fuse the INT32 ones.
         extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": not symmetric},
+        calibration_cache_path=ranges,
     )
 
 
@@ -168,9 +179,10 @@ def quantize_with_modelopt(source: Path, output: Path, inputs: list[np.ndarray],
 
 
 def rank_layers(
-    args: argparse.Namespace, info: ArtifactInfo, prepared: Path, batches: list, excluded: list[str], layers: dict[str, str], output: Path
+    args: argparse.Namespace, info: ArtifactInfo, prepared: Path, batches: list, excluded: list[str], layers: dict[str, str], output: Path, ranges: Path
 ) -> list[sensitivity.LayerSensitivity]:
-    """Quantize each quantizable convolution alone, rank by the mIoU lost; print and save the table."""
+    """Quantize each quantizable convolution alone (with the ranges of one calibration), rank by the mIoU
+    lost; print and save the table."""
     num_classes, inputs = len(info.classes), [prepared_input for prepared_input, _ in batches]
     images = sum(len(batch) for batch in inputs)
     fp32 = sensitivity.graph_miou(prepared, batches, num_classes, info.ignore_index)
@@ -179,7 +191,7 @@ def rank_layers(
         single = Path(tmp) / "single.onnx"
         for node, layer in layers.items():
             if node not in excluded:
-                quantize_with_ort(prepared, single, inputs, info.input.name, args.method, args.target, excluded, only=node)
+                quantize_with_ort(prepared, single, inputs, info.input.name, args.method, args.target, excluded, ranges, only=node)
                 miou = sensitivity.graph_miou(single, batches, num_classes, info.ignore_index)
                 rows.append(sensitivity.LayerSensitivity(layer, node, miou, fp32 - miou))
     rows.sort(key=lambda row: -row.drop)
@@ -213,7 +225,7 @@ def main(argv: list[str] | None = None) -> ParityReport:
     with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
         raw = Path(tmp) / "int8.onnx"
         if args.quantizer == "ort":
-            prepared = Path(tmp) / "prepared.onnx"
+            prepared, ranges = Path(tmp) / "prepared.onnx", Path(tmp) / "ranges.json"
             excluded, layers = prepare_for_ort(source, prepared, args.target)
             nodes = {layer: node for node, layer in layers.items()}
             for name in args.keep_float:
@@ -221,9 +233,9 @@ def main(argv: list[str] | None = None) -> ParityReport:
                     raise unknown_choice("layer", name, nodes, "--keep-float")
             kept = list(args.keep_float)
             if args.sensitivity:
-                ranked = rank_layers(args, info, prepared, batches, excluded, layers, output)
+                ranked = rank_layers(args, info, prepared, batches, excluded, layers, output, ranges)
                 kept += [row.layer for row in ranked[: args.keep_float_top] if row.layer not in kept]
-            quantize_with_ort(prepared, raw, inputs, info.input.name, args.method, args.target, excluded + [nodes[k] for k in kept])
+            quantize_with_ort(prepared, raw, inputs, info.input.name, args.method, args.target, excluded + [nodes[k] for k in kept], ranges)
         else:
             quantize_with_modelopt(source, raw, inputs, info.input.name, args.method)
         graph = check_and_infer(onnx.load(str(raw)))

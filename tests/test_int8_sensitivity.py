@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx
 import pytest
 from safetensors.torch import load_file, save_file
 
@@ -51,6 +52,10 @@ def test_the_layer_made_destructive_is_ranked_first_and_kept_float(student_onnx:
     assert set(sidecar["extra"]["quantization"]["kept_float"]) == destructive
     agreement = [min(check.label_agreement for check in report.checks) for report in (all_int8, kept)]
     assert agreement[0] < 0.9 < agreement[1], agreement
+    # the ranking calibrates once and reuses the ranges: the graph equals one calibrated afresh for the same layers
+    to_int8.main([*argv, "--keep-float", *sorted(destructive), "--out", str(tmp_path / "named.onnx")])
+    scales = [{t.name: t.SerializeToString() for t in onnx.load(str(tmp_path / name)).graph.initializer} for name in ("int8.onnx", "named.onnx")]
+    assert scales[0] == scales[1] and any(name.endswith("_scale") for name in scales[0])
 
 
 def test_an_unknown_keep_float_layer_is_one_message(student_onnx: Path, tmp_path: Path) -> None:
