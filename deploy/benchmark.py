@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             "precision": predictor.info.precision,
             "device": str(predictor.device),
             "shape": str(timer.shape),
+            "fused_nodes": predictor.fused_nodes,
             **timer.stats(),
             "accuracy": measured,
         }

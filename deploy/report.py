@@ -22,9 +22,9 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     """One row per artifact; speed-ups are against the first row, measured in the same run."""
     base = results[0]
     lines = [
-        "| artifact | backend | precision | shape | compute mean / p50 (ms) | end-to-end mean / p50 / p90 / p99 (ms) "
-        "| CV | images/s | speed-up compute / e2e | mIoU (%) | labels = first row (%) |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| artifact | backend | precision | shape | nodes after fusion | compute mean / p50 (ms) "
+        "| end-to-end mean / p50 / p90 / p99 (ms) | CV | images/s | speed-up compute / e2e | mIoU (%) | labels = first row (%) |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         c, e = r["compute"], r["end_to_end"]
@@ -32,7 +32,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         miou, equal = ("", "") if a is None else (f"{100 * a['miou']:.2f}", f"{100 * a['labels_equal_to_first']:.2f}")
         speed = f"{ratio(base['compute']['p50_ms'], c['p50_ms'])} / {ratio(base['end_to_end']['p50_ms'], e['p50_ms'])}"
         lines.append(
-            f"| {r['name']} | {r['backend']} | {r['precision']} | {r['shape']} | {c['mean_ms']:.2f} / {c['p50_ms']:.2f} "
+            f"| {r['name']} | {r['backend']} | {r['precision']} | {r['shape']} | {'' if r['fused_nodes'] is None else r['fused_nodes']} | {c['mean_ms']:.2f} / {c['p50_ms']:.2f} "
             f"| {e['mean_ms']:.2f} / {e['p50_ms']:.2f} / {e['p90_ms']:.2f} / {e['p99_ms']:.2f} | {e['cv']:.3f} "
             f"| {e['throughput']:.1f} | {speed} | {miou} | {equal} |"
         )

@@ -105,6 +105,7 @@ def test_dynamic_psp_graph_is_right_at_every_shape(psp_labels_dynamic) -> None:
 
     # A shape the gate did not use, with bin sizes that do not divide the pooled map.
     artifact = load_predictor(path, "ort-cpu")
+    assert 0 < artifact.fused_nodes < len(graph.graph.node)  # ONNX Runtime fused (Conv + Relu, ...) what it runs
     reference = eager_predictor(checkpoint, output="labels", uint8_input=True)
     images = np.random.default_rng(5).integers(0, 256, size=(3, 77, 45, 3), dtype=np.uint8)
     assert np.array_equal(artifact.predict(images), reference.predict(images))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,16 @@ def provider_list(backend: str, info: ArtifactInfo, cache_dir: Path) -> list[Any
     return [("TensorrtExecutionProvider", trt_options), "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+def count_nodes(path: Path) -> int:
+    """Nodes of an ONNX graph and of its subgraphs (the optimized graph may keep If / Loop bodies)."""
+    import onnx
+
+    def nodes(graph: Any) -> int:
+        return sum(1 + sum(nodes(a.g) for a in n.attribute if a.type == onnx.AttributeProto.GRAPH) for n in graph.node)
+
+    return nodes(onnx.load(str(path), load_external_data=False).graph)
+
+
 class OnnxRuntimePredictor(Predictor):
     def __init__(self, artifact: Path, info: ArtifactInfo, device: str | torch.device, backend: str, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -54,7 +65,12 @@ class OnnxRuntimePredictor(Predictor):
         if threads:
             options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         cache = artifact.parent / f".{artifact.name}.ort_trt_cache"
-        self.session = ort.InferenceSession(str(artifact), options, providers=provider_list(backend, info, cache))
+        with tempfile.TemporaryDirectory() as tmp:
+            if backend == "ort-cpu":  # the graph as it runs, after ONNX Runtime's fusions: its nodes are counted
+                options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+            self.session = ort.InferenceSession(str(artifact), options, providers=provider_list(backend, info, cache))
+            if backend == "ort-cpu":
+                self.fused_nodes = count_nodes(Path(options.optimized_model_filepath))
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self.numpy_input_type = np.dtype(info.input.dtype)
