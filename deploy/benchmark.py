@@ -36,6 +36,7 @@ import torch
 from segdistill.atomic_files import writing
 from segdistill.deploy.accuracy import default_shape, evaluate, open_dataset
 from segdistill.deploy.backends import BACKEND_NAMES, load_predictor
+from segdistill.deploy.backends.ort_session import fused_nodes
 from segdistill.deploy.environment import environment
 from segdistill.deploy.latency import LatencyStats, time_calls
 from segdistill.deploy.predictor import Predictor
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             "precision": predictor.info.precision,
             "device": str(predictor.device),
             "shape": str(timer.shape),
-            "fused_nodes": predictor.fused_nodes,
+            "fused_nodes": fused_nodes(predictor.artifact) if predictor.backend == "ort-cpu" else None,
             **timer.stats(),
             "accuracy": measured,
         }

@@ -26,7 +26,6 @@ TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 
 class Predictor(ABC):
     backend: str = ""
-    fused_nodes: int | None = None  # nodes of the graph as the runtime runs it, after its fusions, where it says
 
     def __init__(self, artifact: str | Path, info: ArtifactInfo, device: str | torch.device = "cpu") -> None:
         self.artifact, self.info, self.device = Path(artifact), info, torch.device(device)

@@ -12,7 +12,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from segdistill.checkpoint import FORMAT
-from segdistill.deploy.backends import load_predictor
+from segdistill.deploy.backends.ort_session import fused_nodes
 from segdistill.errors import ConfigError
 from segdistill.export import to_int8, to_onnx
 from segdistill.train import main as train
@@ -59,7 +59,7 @@ def test_the_layer_made_destructive_is_ranked_first_and_kept_float(student_onnx:
     assert scales[0] == scales[1] and any(name.endswith("_scale") for name in scales[0])
     # For ONNX Runtime's own target, Q / DQ around a convolution run as one int8 node: fewer nodes than the graph holds
     to_int8.main([*argv, "--target", "onnxruntime-cpu", "--keep-float", *sorted(destructive), "--out", str(tmp_path / "cpu.onnx")])
-    assert load_predictor(tmp_path / "cpu.onnx", "ort-cpu").fused_nodes < len(onnx.load(str(tmp_path / "cpu.onnx")).graph.node)
+    assert fused_nodes(tmp_path / "cpu.onnx") < len(onnx.load(str(tmp_path / "cpu.onnx")).graph.node)
 
 
 def test_an_unknown_keep_float_layer_is_one_message(student_onnx: Path, tmp_path: Path) -> None:
