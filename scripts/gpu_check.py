@@ -19,6 +19,10 @@ Without CUDA, or with ``--cpu-mode``, the rest runs at a tiny scale. Steps:
   (scripts/gpu_check_parity.py) and latency p50 / p90 / p99 (deploy/benchmark.py).
 * trt_fp16, trt_int8: export/to_trt.py engines (INT8 from export/to_int8.py's QDQ graph), gated by
   to_trt.py, timed by deploy/benchmark.py.
+* qat: a quantization-aware fine-tune of the Triton-trained student (ModelOpt fake quantization, pixel KD
+  from the student itself, a few steps) and its QDQ ONNX from export/to_onnx.py, gated against the
+  fake-quantized model in ONNX Runtime CPU (also at the tiny scale without CUDA).
+* trt_qat: that QDQ graph built by export/to_trt.py as a strongly typed INT8 engine: gate and latency.
 
 Writes OUT/report.md and OUT/report.json (machine, versions, every step's status and reason, every
 figure against its target) and each step's output to OUT/logs/STEP.log. Exit status 1 when a step failed.
@@ -252,6 +256,13 @@ def plan(out: Path, cuda: bool, no_cuda: str, steps: int) -> tuple[list[Step], s
 
     data = ["--data", f"camvid:{CAMVID}"] if cuda and CAMVID.is_dir() else []
     int8_onnx = out / "export/model_int8_trt.onnx"
+    qat_onnx = out / "export/model_qat.onnx"
+    # The student's data and model settings, fine-tuned in FP32 with fake quantization against itself.
+    qat_args = [a for a in train_args if not a.startswith(("losses=", "teacher.", "train.mixed_precision", "train.iterations"))]
+    qat_args += [
+        f"model.init_from={student}", f"teacher.checkpoint={student}", "losses=[{name: pixel_kd}]", "quantization.calibration_images=16",
+        f"train.iterations={min(steps, 20)}", "train.optimizer.lr=0.001", f"output_dir={out / 'qat'}",
+    ]  # fmt: skip
     steps_ = [
         Step("kernel_tests", "tests/test_kernels_triton.py on CUDA", 90,
              [python("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_kernels_triton.py")], skip=need_cuda),
@@ -274,6 +285,15 @@ def plan(out: Path, cuda: bool, no_cuda: str, steps: int) -> tuple[list[Step], s
                [python("export/to_int8.py", "--onnx", onnx, "--target", "tensorrt", "--out", int8_onnx, *(data or ["--data", "synthetic"])),
                 python("export/to_trt.py", "--onnx", int8_onnx, "--out", out / "export/model_int8.plan")],
                out / "export/model_int8.plan", 120),
+        Step("qat", "quantization-aware fine-tune (ModelOpt) of the student, its QDQ ONNX gated against the fake-quantized model", 120,
+             [python("-m", "segdistill.train", *qat_args, f"train.eval_interval={min(steps, 20)}", f"train.checkpoint_interval={min(steps, 20)}"),
+              python("export/to_onnx.py", "--checkpoint", out / "qat/final", "--out", qat_onnx, *data)],
+             after="train", judge=judge_sidecar(qat_onnx)),
+        Step("trt_qat", "export/to_trt.py strongly typed INT8 engine of the QAT QDQ graph: parity gate and latency", 120,
+             [python("export/to_trt.py", "--onnx", qat_onnx, "--out", out / "export/model_qat.plan"),
+              python("deploy/benchmark.py", "--artifact", out / "export/model_qat.plan", "--backend", "tensorrt", "--device", device,
+                     "--output", out / "deploy/trt_qat")],
+             skip=need_cuda or trt, after="qat", judge=judge_sidecar(out / "export/model_qat.plan", out / "deploy/trt_qat")),
     ]  # fmt: skip
     return steps_, data_note
 

@@ -16,8 +16,8 @@ import torch
 
 from tests.helpers import ROOT, run_python
 
-CUDA_STEPS = ["kernel_tests", "kernel_bench", "ort_cuda", "ort_tensorrt", "trt_fp16", "trt_int8"]
-CPU_STEPS = ["train", "export_onnx", "ort_cpu"]
+CUDA_STEPS = ["kernel_tests", "kernel_bench", "ort_cuda", "ort_tensorrt", "trt_fp16", "trt_int8", "trt_qat"]
+CPU_STEPS = ["train", "export_onnx", "ort_cpu", "qat"]
 
 
 @pytest.mark.slow
@@ -29,7 +29,7 @@ def test_cpu_mode_runs_what_it_can_and_skips_cuda_steps_with_the_reason(tmp_path
     steps = {step["name"]: step for step in report["steps"]}
     assert sorted(steps) == sorted(CUDA_STEPS + CPU_STEPS)
     reason = "--cpu-mode asked" if torch.cuda.is_available() else "no CUDA device"
-    assert report["mode"] == f"cpu ({reason})" and report["counts"] == {"passed": 3, "skipped": 6}
+    assert report["mode"] == f"cpu ({reason})" and report["counts"] == {"passed": 4, "skipped": 7}
     for name in CUDA_STEPS:
         assert (steps[name]["status"], steps[name]["reason"], steps[name]["figures"]) == ("skipped", reason, []), name
     for name in CPU_STEPS:
