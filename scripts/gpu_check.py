@@ -249,10 +249,10 @@ def plan(out: Path, cuda: bool, no_cuda: str, steps: int) -> tuple[list[Step], s
             skip=skip, after="export_onnx", judge=judge_provider(bench),
         )  # fmt: skip
 
-    def engine(name: str, what: str, commands: list[list[str]], plan_file: Path, limit: int) -> Step:
+    def engine(name: str, what: str, commands: list[list[str]], plan_file: Path, limit: int, after: str = "export_onnx") -> Step:
         bench = out / f"deploy/{name}"
         timing = python("deploy/benchmark.py", "--artifact", plan_file, "--backend", "tensorrt", "--device", device, "--output", bench)
-        return Step(name, what, limit, [*commands, timing], skip=need_cuda or trt, after="export_onnx", judge=judge_sidecar(plan_file, bench))
+        return Step(name, what, limit, [*commands, timing], skip=need_cuda or trt, after=after, judge=judge_sidecar(plan_file, bench))
 
     data = ["--data", f"camvid:{CAMVID}"] if cuda and CAMVID.is_dir() else []
     int8_onnx = out / "export/model_int8_trt.onnx"
@@ -289,11 +289,9 @@ def plan(out: Path, cuda: bool, no_cuda: str, steps: int) -> tuple[list[Step], s
              [python("-m", "segdistill.train", *qat_args, f"train.eval_interval={min(steps, 20)}", f"train.checkpoint_interval={min(steps, 20)}"),
               python("export/to_onnx.py", "--checkpoint", out / "qat/final", "--out", qat_onnx, *data)],
              after="train", judge=judge_sidecar(qat_onnx)),
-        Step("trt_qat", "export/to_trt.py strongly typed INT8 engine of the QAT QDQ graph: parity gate and latency", 120,
-             [python("export/to_trt.py", "--onnx", qat_onnx, "--out", out / "export/model_qat.plan"),
-              python("deploy/benchmark.py", "--artifact", out / "export/model_qat.plan", "--backend", "tensorrt", "--device", device,
-                     "--output", out / "deploy/trt_qat")],
-             skip=need_cuda or trt, after="qat", judge=judge_sidecar(out / "export/model_qat.plan", out / "deploy/trt_qat")),
+        engine("trt_qat", "export/to_trt.py strongly typed INT8 engine of the QAT QDQ graph: parity gate and latency",
+               [python("export/to_trt.py", "--onnx", qat_onnx, "--out", out / "export/model_qat.plan")],
+               out / "export/model_qat.plan", 120, after="qat"),
     ]  # fmt: skip
     return steps_, data_note
 
