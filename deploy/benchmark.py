@@ -114,6 +114,17 @@ class Timer:
         }
 
 
+def row_names(artifacts: list[str]) -> list[str]:
+    """Each artifact's file name, or as many of its last path parts as tell it from the others
+    (``fcn/model.onnx`` and ``lraspp/model.onnx``, not ``model.onnx`` twice)."""
+    parts = [Path(a).resolve().parts for a in artifacts]
+    for k in range(1, max(map(len, parts)) + 1):
+        names = ["/".join(p[-k:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(a) for a in artifacts]  # the same path given twice
+
+
 def accuracy(predictor: Predictor, args: argparse.Namespace, reference: list[torch.Tensor] | None) -> tuple[dict[str, Any] | None, list[torch.Tensor]]:
     """mIoU, per-class IoU and the share of labels equal to ``reference`` (the first artifact's labels; None:
     this is the first), with this artifact's labels."""
@@ -155,12 +166,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             timer.round(per_round, args.warmup if r == 0 else REWARM)
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{t.predictor.name} {t.end_to_end[-1]:.2f} ms" for t in timers))
     results, first_labels = [], None
-    for artifact, timer in zip(args.artifact, timers, strict=True):
+    for artifact, name, timer in zip(args.artifact, row_names(args.artifact), timers, strict=True):
         predictor = timer.predictor
         measured, labels = accuracy(predictor, args, first_labels)
         first_labels = labels if first_labels is None else first_labels
         entry = {
-            "name": Path(artifact).name,
+            "name": name,
             "artifact": str(artifact),
             "backend": predictor.backend,
             "precision": predictor.info.precision,

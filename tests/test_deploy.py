@@ -134,6 +134,16 @@ def test_benchmark_reports_latency_and_accuracy(student, torch_artifacts, tmp_pa
     assert (out / "latency_vs_miou.png").stat().st_size > 1000
 
 
+def test_benchmark_rows_are_named_by_as_much_of_the_path_as_tells_them_apart() -> None:
+    assert benchmark.row_names(["/r/fcn/model.onnx", "/r/fcn/model_int8.onnx"]) == ["model.onnx", "model_int8.onnx"]
+    assert benchmark.row_names(["/r/a/fcn/model.onnx", "/r/b/lraspp/model.onnx", "/r/c/lraspp/int8.onnx"]) == [
+        "fcn/model.onnx",
+        "lraspp/model.onnx",
+        "lraspp/int8.onnx",
+    ]
+    assert benchmark.row_names(["/x/run/final", "/y/run/final"]) == ["x/run/final", "y/run/final"]
+
+
 def test_benchmark_runs_as_a_file_and_refuses_too_few_iterations(student) -> None:
     result = run_python(["deploy/benchmark.py", "--artifact", str(student), "--iterations", "20"], timeout=300)
     assert result.returncode == 2 and "at least 200" in result.stderr
