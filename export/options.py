@@ -41,8 +41,10 @@ def traced_shape(shape: ImageShape, dynamic: set[str]) -> list[int | str]:
 
 
 def model_name(meta: dict[str, Any]) -> str:
-    """How messages name the exported model: its backbone (or torchvision model) and head."""
+    """How messages name the exported model: its factory, torchvision model, or backbone and head."""
     model = meta["model"]
+    if model.get("factory"):
+        return f"model {model['factory']!r}"
     if model.get("torchvision_model"):
         return f"model {model['torchvision_model']!r}"
     return f"model {model['backbone']!r} + {model.get('head', 'fcn')!r}"

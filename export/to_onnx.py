@@ -1,4 +1,5 @@
-"""Export a student checkpoint to ONNX with the dynamo-based exporter, then gate it against PyTorch.
+"""Export a student checkpoint to ONNX with the dynamo-based exporter (the TorchScript-based one where
+torch.export cannot trace the model), then gate it against PyTorch.
 
     python export/to_onnx.py --checkpoint RUN/final [--shape 1x3x512x1024] [--dynamic batch,height,width]
         [--output logits|labels] [--fold-normalize] [--precision fp32|fp16|bf16] [--opset 18] [--slim]
@@ -50,6 +51,7 @@ from segdistill.export.options import (
 )
 from segdistill.export.parity import ParityReport, add_parity_arguments, gate_artifact
 from segdistill.export.shape_generic import shape_generic_pooling
+from segdistill.models.backbones import fixed_size_family
 
 MIN_OPSET = 18
 
@@ -84,51 +86,80 @@ def export_onnx(
     opset: int = MIN_OPSET,
     use_slim: bool = False,
     quantized: bool = False,
-) -> None:
-    """Trace ``model`` at ``shape`` with ``dynamic`` dimensions left free and write a checked ONNX file; one
-    message naming ``name`` if the exporter cannot trace it (the file already at ``path`` is kept).
-    ``quantized``: a model with ModelOpt's fake quantizers, which become QuantizeLinear / DequantizeLinear
-    pairs only through the TorchScript-based exporter (torch.export stops at their data-dependent checks)."""
+) -> str:
+    """Trace ``model`` at ``shape`` with ``dynamic`` dimensions left free and write a checked ONNX file; the
+    exporter that traced it. The dynamo-based exporter (torch.export) first; where it cannot trace the model
+    (PVTv2's reshapes defeat its symbolic shapes), the TorchScript-based exporter, whose graph is only as
+    dynamic as the model's shape arithmetic: the parity gate checks it at other shapes. One message naming
+    ``name`` if neither can trace it (the file already at ``path`` is kept). ``quantized``: a model with
+    ModelOpt's fake quantizers, which become QuantizeLinear / DequantizeLinear pairs only through the
+    TorchScript-based exporter (torch.export stops at their data-dependent checks)."""
     if opset < MIN_OPSET:
         raise ConfigError(f"--opset {opset}: use {MIN_OPSET} or newer (the dynamo exporter's translations need it)")
     axes = input_axes(model, dynamic)
     path.parent.mkdir(parents=True, exist_ok=True)
-    dynamic_shapes = {INPUT_NAME: dict.fromkeys(axes, Dim.DYNAMIC)} if axes else None
+    exporters = {
+        "dynamo": {"dynamo": True, "dynamic_shapes": {INPUT_NAME: dict.fromkeys(axes, Dim.DYNAMIC)} if axes else None, "external_data": False, "optimize": True},
+        "torchscript": {"dynamo": False, "dynamic_axes": {INPUT_NAME: axes} if axes else None},
+    }
+    if quantized:
+        del exporters["dynamo"]
+    errors: dict[str, Exception] = {}
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp, shape_generic_pooling(), torch.no_grad():
         raw = Path(tmp) / "raw.onnx"
-        exporter = (
-            {"dynamo": False, "dynamic_axes": {INPUT_NAME: axes} if axes else None}
-            if quantized
-            else {"dynamo": True, "dynamic_shapes": dynamic_shapes, "external_data": False, "optimize": True}
-        )
-        try:
-            torch.onnx.export(
-                model,
-                (example_input(model, shape),),
-                str(raw),
-                opset_version=opset,
-                input_names=[INPUT_NAME],
-                output_names=[model.output],
-                verbose=False,
-                **exporter,
-            )
-        except torch.onnx.OnnxExporterError as err:  # torch.export could not trace the model: say which and why
-            raise ConfigError(untraceable(err, name, dynamic, path)) from None
+        for exporter, kwargs in exporters.items():
+            try:
+                torch.onnx.export(
+                    model,
+                    (example_input(model, shape),),
+                    str(raw),
+                    opset_version=opset,
+                    input_names=[INPUT_NAME],
+                    output_names=[model.output],
+                    verbose=False,
+                    **kwargs,
+                )
+                break
+            except torch.onnx.OnnxExporterError as err:  # this exporter could not trace the model
+                errors[exporter] = err
+                if exporter == "dynamo":
+                    print(f"note: {untraceable(exporter, err, name, dynamic)}; trying the TorchScript-based exporter", flush=True)
+        else:
+            reasons = "; ".join(untraceable(e, err, name, dynamic) for e, err in errors.items())
+            hint = "; export it static instead (without --dynamic, at the --shape you deploy)" if dynamic else ""
+            raise ConfigError(f"{reasons}; so {str(path)!r} is left as it was{hint}")
         graph = onnx.load(str(raw))
     name_dynamic_dims(graph, axes)
     shapes_after_uint8_cast(graph)
     graph = check_and_infer(slim(graph) if use_slim else graph)
     save_atomic(graph, path)
+    return f"torch.onnx.export(dynamo={exporter == 'dynamo'})"
 
 
-def untraceable(err: Exception, name: str, dynamic: set[str], path: Path) -> str:
+EXPORTER_NAMES = {"dynamo": "torch.export", "torchscript": "the TorchScript-based exporter"}
+
+
+def untraceable(exporter: str, err: Exception, name: str, dynamic: set[str]) -> str:
     cause = err
     while cause.__cause__ is not None:
         cause = cause.__cause__
     reason = " ".join(f"{type(cause).__name__}: {cause}".split())[:300]
     free = f" with dynamic {', '.join(sorted(dynamic))}" if dynamic else ""
-    hint = "; export it static instead (without --dynamic, at the --shape you deploy)" if dynamic else ""
-    return f"torch.export cannot trace {name}{free}, so {str(path)!r} is left as it was: {reason}{hint}"
+    return f"{EXPORTER_NAMES[exporter]} cannot trace {name}{free} ({reason})"
+
+
+def check_dynamic_size(meta: dict, dynamic: set[str]) -> None:
+    """A backbone padded inside to whole windows (swin) keeps its height and width static in ONNX: torch.export
+    traces it in minutes into a graph ONNX Runtime gets wrong, and the TorchScript-based exporter fixes the
+    padding at the export shape (docs/models.md)."""
+    model = meta["model"]
+    multiple = 1 if model.get("factory") or model.get("torchvision_model") else fixed_size_family(model.get("backbone", ""))[1]
+    free = sorted({"height", "width"} & dynamic)
+    if multiple > 1 and free:
+        raise ConfigError(
+            f"--dynamic {','.join(free)}: {model_name(meta)} pads its input to whole {multiple}-pixel windows inside the model, "
+            "which no ONNX exporter keeps dynamic; export it with --dynamic batch at the --shape you deploy (one graph per size)"
+        )
 
 
 def default_path(args: argparse.Namespace, quantized: bool) -> Path:
@@ -141,6 +172,7 @@ def main(argv: list[str] | None = None) -> ParityReport:
     args = parse_args(argv)
     dynamic = parse_dynamic(args.dynamic)
     model, meta = load_deploy_model(args.checkpoint, args.output, args.fold_normalize, args.precision)
+    check_dynamic_size(meta, dynamic)
     shape = export_shape(args, meta)
     if args.shape_range:  # a bad range stops here, not after the export
         parse_range(args.shape_range, shape)
@@ -149,7 +181,7 @@ def main(argv: list[str] | None = None) -> ParityReport:
         raise ConfigError(f"--precision {args.precision}: {args.checkpoint!r} was trained with quantization (QAT) and exports as its INT8 QDQ graph; leave --precision out")
     path = Path(args.out) if args.out else default_path(args, bool(quantization))
     print(f"exporting {args.checkpoint} at {shape} (dynamic: {', '.join(sorted(dynamic)) or 'none'}) to {path}")
-    export_onnx(model, shape, dynamic, path, model_name(meta), args.opset, args.slim, quantized=bool(quantization))
+    exporter = export_onnx(model, shape, dynamic, path, model_name(meta), args.opset, args.slim, quantized=bool(quantization))
     info = model.artifact_info("onnx", meta, args.checkpoint, traced_shape(shape, dynamic))
     if quantization:
         info.precision = "int8"
@@ -157,7 +189,7 @@ def main(argv: list[str] | None = None) -> ParityReport:
     info.versions.update(onnx=onnx.__version__, onnxscript=onnxscript.__version__, onnxruntime=onnxruntime.__version__)
     if args.slim:
         info.versions["onnxslim"] = importlib.metadata.version("onnxslim")
-    info.extra.update(opset=args.opset, exporter=f"torch.onnx.export(dynamo={not quantization})", slim=args.slim, traced_at=str(shape))
+    info.extra.update(opset=args.opset, exporter=exporter, slim=args.slim, traced_at=str(shape))
     report = gate_artifact(path, info, shape, args)
     if quantization and args.data:
         compare_with_fp32_student(path, info, meta, report, args)

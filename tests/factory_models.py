@@ -1,6 +1,7 @@
 """Models that tests build through ``model.factory: "tests.factory_models:..."``: a home-made network of plain
 torch modules (none of ours), with the module paths of the docs' example (``backbone.layer3``,
-``decode_head.fuse``), and a factory that returns something other than a module."""
+``decode_head.fuse``), one with an operator no ONNX exporter translates, and a factory that returns something
+other than a module."""
 
 from __future__ import annotations
 
@@ -47,6 +48,17 @@ class TinySegNet(nn.Module):
 
 def tiny_segnet(num_classes: int, width: int = 8, output: str = "dict") -> TinySegNet:
     return TinySegNet(num_classes, width, output)
+
+
+class BesselSegNet(TinySegNet):
+    """Logits through torch.special.bessel_j0, an operator that no ONNX exporter translates."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.special.bessel_j0(super().forward(images))
+
+
+def bessel_segnet(num_classes: int) -> BesselSegNet:
+    return BesselSegNet(num_classes, 8, "tensor")
 
 
 def not_a_module(**kwargs) -> dict:

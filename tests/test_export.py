@@ -36,10 +36,12 @@ SIZE = (40, 56)  # synthetic validation scenes, H x W
 PARITY = ["--data", "synthetic", "--parity-images", "3"]
 
 
-def save_student(folder: Path, head: str, seed: int, backbone: str = "lcnet_050", output_stride: int = 8) -> Path:
-    """A random-initialised student (LCNet-0.5 by default) saved exactly as training saves one."""
+def save_student(
+    folder: Path, head: str, seed: int, backbone: str = "lcnet_050", output_stride: int = 8, cfg: ModelConfig | None = None
+) -> Path:
+    """A random-initialised student (LCNet-0.5 by default, or the model of ``cfg``) saved exactly as training saves one."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(backbone=backbone, head=head, head_channels=16, output_stride=output_stride)
+    cfg = cfg or ModelConfig(backbone=backbone, head=head, head_channels=16, output_stride=output_stride)
     model = build_model(cfg, len(CLASSES)).eval()
     data = DataConfig(crop_size=SIZE)
     data.synthetic.size, data.synthetic.num_val = SIZE, 3

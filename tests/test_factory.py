@@ -17,6 +17,7 @@ from segdistill.export import to_onnx
 from segdistill.models import build_model
 from segdistill.train import cli, main
 from tests.helpers import TINY, run_python
+from tests.test_export import save_student
 
 B, K, SIZE = 2, 5, 32
 FACTORY = "tests.factory_models:tiny_segnet"
@@ -74,6 +75,23 @@ def test_factory_student_and_teacher_train_resume_evaluate_and_export(tmp_path: 
     out = tmp_path / "model.onnx"
     assert to_onnx.cli(["--checkpoint", str(run / "final"), "--dynamic", "batch,height,width", "--out", str(out)]) == 0
     assert json.loads(out.with_name("model.onnx.json").read_text())["parity"]["passed"]
+
+
+def test_a_model_no_exporter_can_trace_ends_in_one_message(tmp_path: Path, capsys) -> None:
+    """torch.export and then the TorchScript-based exporter both stop at an operator without an ONNX translation:
+    one line naming the model and each exporter's reason, the file already there kept."""
+    cfg = ModelConfig(factory="tests.factory_models:bessel_segnet", factory_kwargs={"num_classes": 9})
+    checkpoint = save_student(tmp_path, "fcn", seed=0, cfg=cfg)
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"an earlier export")
+    assert to_onnx.cli(["--checkpoint", str(checkpoint), "--dynamic", "batch,height,width", "--out", str(out)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    name = "model 'tests.factory_models:bessel_segnet'"
+    assert line.startswith(f"error: torch.export cannot trace {name} with dynamic batch, height, width (")
+    assert f"; the TorchScript-based exporter cannot trace {name} with dynamic batch, height, width (" in line
+    assert "bessel_j0" in line
+    assert line.endswith("is left as it was; export it static instead (without --dynamic, at the --shape you deploy)")
+    assert out.read_bytes() == b"an earlier export"
 
 
 def one_error_line(argv: list[str], capsys) -> str:
