@@ -167,6 +167,9 @@ class TrainConfig:
     grad_accum: int = 1
     grad_clip: float | None = None
     aux_weight: float = 0.4
+    # Per-class weights of the cross-entropy: one per class, or "median_frequency" computed from the training
+    # labels at start (distill/class_weight.py); null: unweighted. Distillation terms are not weighted.
+    class_weight: list[float] | Literal["median_frequency"] | None = None
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)

@@ -36,6 +36,7 @@ from segdistill.checkpoint import (
     save_training_state,
     stop_if_not_finite,
 )
+from segdistill.class_weight import class_weight
 from segdistill.config import Config, config_to_dict, load_config, save_config
 from segdistill.data import build_dataset
 from segdistill.data.loader import DataPosition, eval_loader, train_loader
@@ -176,6 +177,10 @@ def train(args: argparse.Namespace, held: ExitStack) -> dict:
     # ---- data, models, losses -------------------------------------------------------------------
     train_set, val_set = build_dataset(cfg.data, cfg.data.train_split), build_dataset(cfg.data, cfg.data.val_split)
     info = train_set.info
+    weights = class_weight(cfg.train.class_weight, train_set, info)
+    if weights is not None and main_process:
+        named = ", ".join(f"{c} {w:.3f}" for c, w in zip(info.classes, weights.tolist(), strict=True))
+        print(f"class weights of the cross-entropy: {named}")
     if cfg.model.init_from is None:
         student = build_model(cfg.model, info.num_classes)
     else:  # every weight comes from the checkpoint: no ImageNet initialisation to load first
@@ -198,7 +203,7 @@ def train(args: argparse.Namespace, held: ExitStack) -> dict:
         quantize_student(student, keep, calibration)
         quantization = {**quantization_meta(keep), "calibration_images": count}
     s_out, t_out = dry_run(student, teacher, probe_images)
-    criterion = build_criterion(cfg.losses, TaskLoss(info.ignore_index, cfg.train.aux_weight), s_out, t_out).to(accelerator.device)
+    criterion = build_criterion(cfg.losses, TaskLoss(info.ignore_index, cfg.train.aux_weight, weights), s_out, t_out).to(accelerator.device)
     if sync_bn:  # loss modules with BatchNorm (adapters, projection heads) normalise over all processes too
         criterion = nn.SyncBatchNorm.convert_sync_batchnorm(criterion)
     objective = Objective(student, criterion)

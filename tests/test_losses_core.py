@@ -220,6 +220,31 @@ def test_task_loss_aux_part() -> None:
     assert set(TaskLoss(IGNORE, aux_weight=0.0)(SegOutput(logits, aux), labels)) == {"ce"}
 
 
+def test_task_loss_class_weight_is_the_weighted_mean() -> None:
+    """Each pixel's term times its class's weight, summed, over the sum of the weights of the non-ignored pixels;
+    the auxiliary logits get the same weights."""
+    g = torch.Generator().manual_seed(10)
+    logits, aux = torch.randn(2, 3, 4, 5, generator=g), torch.randn(2, 3, 4, 5, generator=g)
+    labels = torch.randint(0, 3, (2, 4, 5), generator=g)
+    labels[1, 0] = IGNORE
+    weight = torch.tensor([0.5, 2.0, 4.0])
+
+    def weighted(z: torch.Tensor) -> float:
+        terms = torch.logsumexp(z.double(), 1) - z.double().gather(1, labels.clamp(max=2)[:, None])[:, 0]
+        w = weight.double()[labels.clamp(max=2)] * (labels != IGNORE)
+        return float((w * terms).sum() / w.sum())
+
+    parts = TaskLoss(IGNORE, class_weight=weight)(SegOutput(logits, aux), labels)
+    assert float(parts["ce"]) == pytest.approx(weighted(logits), rel=1e-5)
+    assert float(parts["aux_ce"]) == pytest.approx(0.4 * weighted(aux), rel=1e-5)
+    assert float(parts["ce"]) != pytest.approx(manual_ce(logits, labels), rel=1e-3)
+    # equal weights are the unweighted mean, whatever their value
+    assert float(TaskLoss(IGNORE, class_weight=torch.full((3,), 7.0))(SegOutput(logits), labels)["ce"]) == pytest.approx(
+        manual_ce(logits, labels), rel=1e-5
+    )
+    assert "class_weight" not in TaskLoss(IGNORE, class_weight=weight).state_dict()  # checkpoints keep their keys
+
+
 def test_task_loss_upsamples_stride4_logits() -> None:
     g = torch.Generator().manual_seed(9)
     logits = torch.randn(2, 3, 4, 5, generator=g)
