@@ -92,6 +92,12 @@ def test_torchvision_resnet50_os8() -> None:
         assert out.features[name].shape == (B, channels, SIZE // stride, SIZE // stride), name
 
 
+def test_backbone_kwargs_the_model_does_not_take() -> None:
+    cfg = ModelConfig(backbone="lcnet_050", backbone_kwargs={"channels": [8, 16, 32, 64]}, head="fcn", head_channels=8)
+    with pytest.raises(ConfigError, match=r"model.backbone_kwargs \{'channels': \(8, 16, 32, 64\)\}: timm's lcnet_050 does not take them.*channels"):
+        build_model(cfg, 3)
+
+
 def test_torchvision_resnet18_cannot_dilate() -> None:
     with pytest.raises(ConfigError, match="BasicBlock") as info:
         check_model_config(tiny(backbone="torchvision:resnet18", output_stride=8))

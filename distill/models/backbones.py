@@ -63,6 +63,10 @@ class TimmBackbone(Backbone):
             kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(pretrained)})
         try:
             self.body = timm.create_model(name, **kwargs)
+        except TypeError as err:  # a keyword of model.backbone_kwargs that this model's constructor lacks
+            if not extra or "unexpected keyword argument" not in str(err):
+                raise
+            raise ConfigError(f"model.backbone_kwargs {extra!r}: timm's {name} does not take them ({err})") from None
         except LOAD_ERRORS as err:
             if pretrained in (None, "hub"):
                 raise
