@@ -191,6 +191,18 @@ def test_resize_halves_image_and_label(tree: Tree) -> None:
     assert set(label.unique().tolist()) <= set(full.unique().tolist())
 
 
+@pytest.mark.parametrize("resize", [1.0, 0.5])
+def test_label_reader_matches_the_items_without_reading_images(tree: Tree, resize: float) -> None:
+    ds = tree.build(resize=resize)
+    labels = [ds[index][1] for index in range(len(ds))]
+    for image in tree.images:
+        image.write_bytes(b"\x00 not an image at all " * 8)
+    for index, label in enumerate(labels):
+        assert torch.equal(ds.label(index), label)
+    with pytest.raises(DatasetError, match="corrupt or truncated"):
+        ds[0]
+
+
 def test_missing_root_shows_layout(tree: Tree, tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     with pytest.raises(DatasetError, match=r"(?s)does not exist.*Expected layout:\n.*ROOT/"):

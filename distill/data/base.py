@@ -7,7 +7,7 @@ image, label values outside the classes and the ignore index.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,22 +114,34 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, label_path = self.samples[index]
         image = read_image(image_path)
-        label = read_label(label_path)
+        label = self.read_train_ids(label_path)
         if image.shape[:2] != label.shape[:2]:
             raise DatasetError(
                 f"label file {str(label_path)!r} is {label.shape[1]}x{label.shape[0]} but its image "
                 f"{str(image_path)!r} is {image.shape[1]}x{image.shape[0]} (W x H); they must match"
             )
-        if self.label_map is not None:
-            if label.max() >= len(self.label_map):
-                raise DatasetError(f"label file {str(label_path)!r} has value {int(label.max())} beyond the label map")
-            label = self.label_map[label]
-        self.check_labels(label, label_path)
         image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         label_t = torch.from_numpy(label.astype(np.int64))
         if self.resize != 1.0:
             image_t, label_t = rescale(image_t, label_t, self.resize)
         return image_t, label_t
+
+    def label(self, index: int) -> torch.Tensor:
+        """Item ``index``'s label as ``self[index]`` gives it, without decoding the image (for label statistics)."""
+        label_t = torch.from_numpy(self.read_train_ids(self.samples[index][1]).astype(np.int64))
+        if self.resize != 1.0:
+            label_t = resize_labels(label_t[None], scaled_size(label_t.shape, self.resize))[0]
+        return label_t
+
+    def read_train_ids(self, label_path: Path) -> np.ndarray:
+        """The label file's values mapped to train ids and checked against the classes."""
+        label = read_label(label_path)
+        if self.label_map is not None:
+            if label.max() >= len(self.label_map):
+                raise DatasetError(f"label file {str(label_path)!r} has value {int(label.max())} beyond the label map")
+            label = self.label_map[label]
+        self.check_labels(label, label_path)
+        return label
 
     def check_labels(self, label: np.ndarray, path: Path) -> None:
         values = np.unique(label)
@@ -145,11 +157,15 @@ def rescale(image: torch.Tensor, label: torch.Tensor, factor: float) -> tuple[to
     """Resize an image (bilinear, antialiased) and its label (nearest) by ``factor``."""
     from torchvision.transforms.v2 import functional as F
 
-    h, w = image.shape[-2:]
-    size = [max(1, round(h * factor)), max(1, round(w * factor))]
+    size = scaled_size(image.shape[-2:], factor)
     image = F.resize(image, size, interpolation=F.InterpolationMode.BILINEAR, antialias=True)
     label = resize_labels(label[None], size)[0]
     return image, label
+
+
+def scaled_size(size: Sequence[int], factor: float) -> list[int]:
+    """(H, W) scaled by ``factor``, rounded, at least 1."""
+    return [max(1, round(side * factor)) for side in size]
 
 
 def pair_files(images: Iterable[Path], label_for: Callable[[Path], Path], layout: str) -> list[tuple[Path, Path]]:

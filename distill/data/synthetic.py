@@ -128,3 +128,7 @@ class SyntheticScenes(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, self.split_id, index])
         image, label = render_scene(rng, *self.size, self.label_noise)
         return torch.from_numpy(image.astype(np.uint8)).permute(2, 0, 1).contiguous(), torch.from_numpy(label)
+
+    def label(self, index: int) -> torch.Tensor:
+        """Item ``index``'s label (the scene is drawn whole: the image and its label come from one draw)."""
+        return self[index][1]
