@@ -29,6 +29,7 @@ import onnxscript
 import torch
 from torch.export import Dim
 
+from segdistill.checkpoint import read_metadata
 from segdistill.deploy.accuracy import evaluate, open_dataset
 from segdistill.deploy.artifact import ArtifactInfo, write_artifact_info
 from segdistill.deploy.backends.torch_modules import eager_predictor
@@ -98,12 +99,10 @@ def export_onnx(
         raise ConfigError(f"--opset {opset}: use {MIN_OPSET} or newer (the dynamo exporter's translations need it)")
     axes = input_axes(model, dynamic)
     path.parent.mkdir(parents=True, exist_ok=True)
-    exporters = {
-        "dynamo": {"dynamo": True, "dynamic_shapes": {INPUT_NAME: dict.fromkeys(axes, Dim.DYNAMIC)} if axes else None, "external_data": False, "optimize": True},
-        "torchscript": {"dynamo": False, "dynamic_axes": {INPUT_NAME: axes} if axes else None},
-    }
-    if quantized:
-        del exporters["dynamo"]
+    exporters = {"torchscript": {"dynamo": False, "dynamic_axes": {INPUT_NAME: axes} if axes else None}}
+    if not quantized:  # torch.export first
+        dynamo = {"dynamo": True, "dynamic_shapes": {INPUT_NAME: dict.fromkeys(axes, Dim.DYNAMIC)} if axes else None, "external_data": False, "optimize": True}
+        exporters = {"dynamo": dynamo, **exporters}
     errors: dict[str, Exception] = {}
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp, shape_generic_pooling(), torch.no_grad():
         raw = Path(tmp) / "raw.onnx"
@@ -171,8 +170,8 @@ def default_path(args: argparse.Namespace, quantized: bool) -> Path:
 def main(argv: list[str] | None = None) -> ParityReport:
     args = parse_args(argv)
     dynamic = parse_dynamic(args.dynamic)
+    check_dynamic_size(read_metadata(args.checkpoint), dynamic)  # before building the model
     model, meta = load_deploy_model(args.checkpoint, args.output, args.fold_normalize, args.precision)
-    check_dynamic_size(meta, dynamic)
     shape = export_shape(args, meta)
     if args.shape_range:  # a bad range stops here, not after the export
         parse_range(args.shape_range, shape)
