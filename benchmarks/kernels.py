@@ -319,7 +319,7 @@ def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -331,7 +331,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="CPU thread counts, each measured side by side (default: 1 2)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="CUDA: end with the rows as one JSON line")
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.worker:
         index, implementation = args.worker
         print(json.dumps(_cpu_worker(_cases()[int(index)], implementation, args.repeat)))

@@ -38,12 +38,16 @@ def weighted_terms(path: str, overrides: list[str], seed: int) -> dict[str, floa
     return {name: float(value) for name, value in parts.items()}
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("configs", nargs="+", help="preset YAML files (with a teacher and losses)")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], help="key=value overrides for every preset")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     print(f"{'preset':40s} {'term':24s} {'weighted value':>14s}")
     for path in args.configs:
         for name, value in weighted_terms(path, ["data.num_workers=0", *args.overrides], args.seed).items():

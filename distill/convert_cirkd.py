@@ -161,12 +161,16 @@ def convert(checkpoint: str | Path, output: str | Path, dataset: str = "cityscap
     return {"model": cfg, "classes": classes, "not_converted": dropped}
 
 
-def main(argv: list[str] | None = None) -> Path:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="CIRKD .pth file (a state dict, loaded with weights_only=True)")
     parser.add_argument("output", help="folder for model.safetensors + model.json")
     parser.add_argument("--dataset", default="cityscapes", help=f"the checkpoint's label set: {', '.join(DATASETS)}")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
     result = convert(args.checkpoint, args.output, args.dataset)
     cfg = result["model"]
     print(f"converted {args.checkpoint}: {cfg.backbone} (deep stem: {bool(cfg.backbone_kwargs)}) + {cfg.head} "

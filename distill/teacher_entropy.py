@@ -91,7 +91,7 @@ def plot(result: dict, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", required=True, help="teacher checkpoint folder (model.safetensors + model.json)")
     parser.add_argument("--data", help="NAME or NAME:ROOT (default: the dataset the teacher was trained on)")
@@ -103,7 +103,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--output", help="output folder (default TEACHER/entropy_SPLIT)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     if min(args.taus) <= 0 or args.max_images < 1:
         raise ConfigError("--taus must be positive and --max-images at least 1")
     model, meta = load_model(args.teacher)

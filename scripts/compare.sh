@@ -4,14 +4,15 @@
 # student alone and the share of the teacher-student gap closed.
 # Usage: scripts/compare.sh PRESETS OUTPUT [--seeds N] [--workers N] [--methods "student student_kd cwd"] [key=value ...]
 #   e.g. scripts/compare.sh configs/camvid runs/compare/camvid --seeds 2
-# PRESETS holds teacher.yaml, student.yaml and one <method>.yaml per method; the teacher is trained into
+# PRESETS holds teacher.yaml, student.yaml and one <method>.yaml per method (by default every method below that has
+# one); the teacher is trained into
 # OUTPUT/teacher first (skipped when it exists) and every KD preset reads it. Overrides apply to the teacher
 # and to every run. Each study resumes, so the script can simply be started again. PY selects the Python command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 presets="$1"; out="$2"; shift 2
 seeds=2; workers=1
-methods="student student_kd cwd hwd afdcd mgd lad cad dist skd skd_cirkd ifvd"
+all_methods="student student_kd cwd hwd afdcd mgd lad cad dist skd skd_cirkd ifvd"; methods=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --seeds) seeds="$2"; shift 2 ;;
@@ -19,6 +20,15 @@ while [ $# -gt 0 ]; do
         --methods) methods="$2"; shift 2 ;;
         *) break ;;
     esac
+done
+if [ -z "$methods" ]; then  # the methods above whose preset the folder has
+    for method in $all_methods; do [ -f "$presets/$method.yaml" ] && methods+="$method "; done
+fi
+for method in $methods; do  # before the teacher's hour of training, not after it
+    if [ ! -f "$presets/$method.yaml" ]; then
+        echo "error: --methods: $presets has no preset $method.yaml (its presets: $(cd "$presets" && echo *.yaml))" >&2
+        exit 2
+    fi
 done
 PY="${PY:-./run.sh python}"
 start=$(date +%s)

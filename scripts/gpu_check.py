@@ -393,13 +393,17 @@ def _cell(value: float | str | None) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/gpu_check", help="folder for report.md, report.json, logs/ and the runs")
     parser.add_argument("--cpu-mode", action="store_true", help="run only what needs no CUDA, at a tiny scale, even on a GPU")
     parser.add_argument("--budget", type=int, default=450, help="seconds for all steps together (8 minutes with start-up and report)")
     parser.add_argument("--train-steps", type=int, help="training steps per backend (default: 200 on CUDA, 3 in CPU mode)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     out = Path(args.out).resolve()
     if out.exists() and any(out.iterdir()):
         print(f"error: --out {str(out)!r} is not empty; choose a new folder", file=sys.stderr)

@@ -104,11 +104,15 @@ def write_report(results: list[StudyResult], out: Path) -> Path:
     return report
 
 
-def main(argv: list[str] | None = None) -> Path:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("studies", nargs="+", help="study folders (made by study/sweep.py)")
     parser.add_argument("--output", help="report folder (default STUDY/report, or runs/report for several)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
     results = [read_study(folder) for folder in args.studies]
     out = Path(args.output) if args.output else Path(args.studies[0]) / "report" if len(results) == 1 else Path("runs/report")
     report = write_report(results, out)

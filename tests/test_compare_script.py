@@ -56,3 +56,23 @@ def test_compare_trains_the_teacher_once_and_reports_every_method(tmp_path: Path
     again = compare(out)
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == before, "a second start retrained something"
+
+
+def test_a_method_without_a_preset_stops_before_the_teacher_trains(tmp_path: Path) -> None:
+    out = tmp_path / "compare"
+    args = ["scripts/compare.sh", "configs/camvid_multiscale", str(out), "--methods", "student skd", *RUN]
+    done = subprocess.run(["bash", *args], cwd=ROOT, env={**subprocess_env(), "PY": sys.executable}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: --methods: configs/camvid_multiscale has no preset skd.yaml (its presets: afdcd.yaml cad.yaml")
+    assert not out.exists()
+
+
+def test_the_default_methods_are_those_the_folder_has_a_preset_for() -> None:
+    """configs/camvid_multiscale has no SKD or IFVD preset: without --methods the script runs the others (a dry
+    run, with PY=echo printing the commands it would run)."""
+    done = subprocess.run(["bash", "scripts/compare.sh", "configs/camvid_multiscale", "OUT", "--seeds", "3"], cwd=ROOT,
+                          env={**subprocess_env(), "PY": "echo"}, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    configs = [line.split("--config ")[1].split()[0] for line in done.stdout.splitlines() if "study/sweep.py" in line]
+    presets = sorted(p.stem for p in (ROOT / "configs/camvid_multiscale").glob("*.yaml") if p.stem != "teacher")
+    assert sorted(Path(c).stem for c in configs) == presets
