@@ -23,6 +23,7 @@ from segdistill.study.trial import TrialError, run_training
 
 SEED = "seed"
 POLL_S = 5  # seconds between looks at a study whose remaining trials run elsewhere
+CLAIM = "claimed"  # user attribute: [trial number, time] (see duplicate_of)
 
 
 def build_sampler(space: SearchSpace, seeds: list[int]) -> optuna.samplers.BaseSampler:
@@ -66,20 +67,35 @@ def has_work(study: optuna.Study, space: SearchSpace, seeds: list[int]) -> bool:
     return sum(_is_new_point(t) for t in trials) < space.points
 
 
-def duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
+def claim(trial: optuna.Trial) -> tuple[float, int]:
+    """Mark the trial's point and seed as taken, once they are in the storage; the claim is written with the
+    trial's own number, since a retry inherits the user attributes of the trial it repeats."""
+    when = time.time()
+    trial.set_user_attr(CLAIM, [trial.number, when])
+    return when, trial.number
+
+
+def claimed(trial: FrozenTrial) -> tuple[float, int] | None:
+    """When ``trial`` claimed its point itself (not the claim a retry inherited), or None."""
+    number, when = trial.user_attrs.get(CLAIM, (None, None))
+    return (when, number) if number == trial.number else None
+
+
+def duplicate_of(study: optuna.Study, trial: optuna.Trial, mine: tuple[float, int]) -> int | None:
     """The trial that already covers this trial's point and seed: finished, failed with an error of its own,
-    or running since before this one started. Workers racing for the last grid points can draw the same one;
-    the later start then steps aside (Optuna's advice for duplicate parameters). Start order, not trial
-    number: a retry keeps the lower number of its queue slot but may start after a newer trial drew the same
-    point (the retry of a trial killed before it drew one draws at its start). A killed trial (failed
-    without an error) covers nothing: its retry takes its place."""
-    started = (trial.datetime_start, trial.number)
+    or running with a claim older than this one's (``mine``, from :func:`claim`). Workers racing for the last
+    grid points, or a new trial and the retry of a killed one, can take the same point: each claims, then
+    looks, so of two the later claim sees the earlier and steps aside (Optuna's advice for duplicate
+    parameters), and the earlier one, looking before the later claim was written, sees no claim at all. Start
+    order would not do: a sampled trial's point reaches the storage some time after its start. A killed trial
+    (failed without an error) covers nothing: its retry takes its place."""
     for other in study.get_trials(deepcopy=False):
         if other.number == trial.number or other.params != trial.params:
             continue
         if other.state == TrialState.COMPLETE or (other.state == TrialState.FAIL and "error" in other.user_attrs):
             return other.number
-        if other.state == TrialState.RUNNING and (other.datetime_start, other.number) < started:
+        theirs = claimed(other)
+        if other.state == TrialState.RUNNING and theirs is not None and theirs < mine:
             return other.number
     return None
 
@@ -93,7 +109,7 @@ def make_objective(study: optuna.Study, study_dir: Path, setup: dict[str, Any], 
         trial.set_user_attr("root", root)
         params = suggest(trial, space)
         seed = trial.suggest_categorical(SEED, seeds)
-        duplicate = duplicate_of(study, trial)
+        duplicate = duplicate_of(study, trial, claim(trial))
         if duplicate is not None:
             raise optuna.TrialPruned(f"point and seed already covered by trial {duplicate}")
         if space.sampler != "grid" and "seed_of" not in trial.user_attrs and root == trial.number:

@@ -19,7 +19,7 @@ from segdistill.errors import ConfigError
 from segdistill.study.space import check_against_config, load_space, parse_space
 from segdistill.study.storage import load_study, open_storage, read_study_file
 from segdistill.study.sweep import parse_args, start
-from segdistill.study.worker import build_sampler, duplicate_of
+from segdistill.study.worker import CLAIM, build_sampler, claim, duplicate_of
 from tests.helpers import ROOT, TINY, run_python, subprocess_env
 
 SPACE = """\
@@ -148,20 +148,39 @@ def test_a_trial_claimed_by_a_worker_killed_before_its_first_heartbeat_is_retrie
     assert [(t.state.name, t.params) for t in final[orphan.number + 1 :]] == [("COMPLETE", {"train.optimizer.lr": 0.01, "seed": 0})]
 
 
-def test_the_later_start_of_two_trials_on_one_point_steps_aside(tmp_path):
-    """A retry keeps the lower number of its queue slot but can start after a newer trial drew the same point
-    (seen in CI: a retry of a trial killed before it drew a grid point drew one already in training)."""
+def test_of_two_trials_on_one_point_the_later_claim_steps_aside(tmp_path):
+    """Seen in CI under load: a new trial started, a retry started, claimed and looked while the new trial's point
+    was not yet in the storage, then the new trial drew the same point; by start order both went on and the point
+    trained twice. By claim order the new trial steps aside. A claim a retry inherits from the trial it repeats
+    counts for nothing until the retry claims itself. (Queued trials stand in for both: a queued trial's point
+    reaches the storage when it suggests it, as a sampled one's does.)"""
     study = optuna.create_study(study_name="order", storage=open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat_s=60))
     storage = study._storage  # the study's cached view of it
-    study.enqueue_trial({"x": 1})  # trial 0, waiting (as a retry does)
-    newer = optuna.Trial(study, storage.create_new_trial(study._study_id))  # trial 1, running first
-    newer.suggest_categorical("x", [1])
-    waiting_id = storage.get_all_trials(study._study_id, deepcopy=False, states=(optuna.trial.TrialState.WAITING,))[0]._trial_id
-    assert storage.set_trial_state_values(waiting_id, optuna.trial.TrialState.RUNNING)  # trial 0 starts now
-    retry = optuna.Trial(study, waiting_id)
-    retry.suggest_categorical("x", [1])
-    assert (retry.number, newer.number) == (0, 1)
-    assert duplicate_of(study, retry) == 1 and duplicate_of(study, newer) is None
+
+    def start(x: int, inherited_claim: list | None = None) -> optuna.Trial:
+        study.enqueue_trial({"x": x}, user_attrs={CLAIM: inherited_claim} if inherited_claim else None)
+        waiting = storage.get_all_trials(study._study_id, deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+        assert storage.set_trial_state_values(waiting[0]._trial_id, optuna.trial.TrialState.RUNNING)
+        return optuna.Trial(study, waiting[0]._trial_id)
+
+    newer = start(1)  # trial 0 starts; its point is not in the storage yet
+    retry = start(1, inherited_claim=[7, 0.0])  # trial 1: the retry of a killed trial 7
+    retry.suggest_categorical("x", [1, 2])
+    assert duplicate_of(study, retry, claim(retry)) is None  # trial 0 has no point yet
+    newer.suggest_categorical("x", [1, 2])
+    assert duplicate_of(study, newer, claim(newer)) == retry.number
+
+    inherited = start(2, inherited_claim=[8, 0.0])  # a retry that has not claimed yet
+    inherited.suggest_categorical("x", [1, 2])
+    other = start(2)
+    other.suggest_categorical("x", [1, 2])
+    assert duplicate_of(study, other, claim(other)) is None  # the claim inherited from trial 8 does not count
+    assert duplicate_of(study, inherited, claim(inherited)) == other.number
+    study.tell(inherited, state=optuna.trial.TrialState.PRUNED)  # it stepped aside
+    study.tell(other, 0.5)
+    after = start(2)
+    after.suggest_categorical("x", [1, 2])
+    assert duplicate_of(study, after, claim(after)) == other.number  # a finished trial covers its point
 
 
 def claim_waiting_trials(url: str, start: multiprocessing.synchronize.Barrier, claimed: multiprocessing.Queue) -> None:
