@@ -189,6 +189,25 @@ def test_angular_zero_map_is_finite() -> None:
         assert loss.item() == pytest.approx(1.0) and torch.isfinite(zero.grad).all()
 
 
+@pytest.mark.parametrize("name", ["fitnet", "magnitude", "lad", "cad", "cwd"])
+def test_always_adapt_puts_a_learnable_adapter_between_equal_channel_counts(name: str) -> None:
+    shape = (2, 3, 2, 3)
+    student, teacher = maps(7, shape, scale=2.0)
+    plain = build(name, shape, shape)
+    adapting = build(name, shape, shape, adapter="conv", always_adapt=True)
+    assert isinstance(plain.connector.adapter, torch.nn.Identity)
+    assert isinstance(adapting.connector.adapter, torch.nn.Conv2d)
+    with torch.no_grad():  # at the identity matrix the adapter passes the student through: the plain loss
+        adapting.connector.adapter.weight.copy_(torch.eye(3, dtype=torch.float64)[:, :, None, None])
+    assert value(adapting, student, teacher) == pytest.approx(value(plain, student, teacher), rel=1e-12)
+    with torch.no_grad():  # a scaled channel permutation: what the adapter can learn that the plain loss cannot
+        adapting.connector.adapter.weight.copy_(2 * torch.eye(3, dtype=torch.float64)[[2, 0, 1], :, None, None])
+    assert value(adapting, student, teacher) != pytest.approx(value(plain, student, teacher), rel=1e-6)
+    assert value(adapting, student, teacher) == pytest.approx(value(plain, 2 * student[:, [2, 0, 1]], teacher), rel=1e-12)
+    adapting(student, teacher, context(2)).backward()
+    assert adapting.connector.adapter.weight.grad.abs().sum() > 0
+
+
 # ----------------------------------------------------------------------------------------------------
 # MGD (docs/loss_math.md §9)
 

@@ -9,7 +9,8 @@ magnitude term and the 2mn/N factor of the angular term, so the loss no longer d
 
 ``scale`` is exposed because whether the paper keeps a factor 2 is unknown: scale 1 gives 1 - cos (default);
 scale 2 gives ||x/|x| - y/|y| ||^2. Norms are clamped at ``eps`` (a zero map has cosine 0, not NaN). The student
-map passes through a 1x1 adapter when the channel counts differ (an assumption of the spec); it has no bias, so
+map passes through a 1x1 adapter when the channel counts differ (an assumption of the spec), or with
+``always_adapt`` also when they are equal; it has no bias, so
 both losses are invariant to scaling the student. Default binding: ``c4`` of both models (the layer and the
 segmentation loss weight are not in the supplement; detection used weight 3).
 """
@@ -28,6 +29,7 @@ from segdistill.losses.registry import LOSSES
 @dataclass
 class AngularParams:
     adapter: AdapterKind = "conv"
+    always_adapt: bool = False  # an adapter even when the channel counts are equal
     scale: float = 1.0
     eps: float = 1e-8
 

@@ -1,6 +1,6 @@
 """What sits between a student tensor and the teacher tensor it is compared with (mmrazor's "connectors"):
-a learnable 1x1 channel adapter when the channel counts differ, bilinear resizing when the spatial sizes
-differ, and the build-time shape checks the losses share.
+a learnable 1x1 channel adapter when the channel counts differ (or always, when a loss's ``always_adapt`` asks
+for one), bilinear resizing when the spatial sizes differ, and the build-time shape checks the losses share.
 
 Every loss compares at the teacher's resolution. The student's tensor is resized bilinearly to it, after its
 channel adapter (a 1x1 convolution commutes with bilinear resizing, so the order only matters for BN/ReLU).
@@ -28,9 +28,10 @@ def match_size(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return F.interpolate(student, size=teacher.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def channel_adapter(kind: AdapterKind, student_channels: int, teacher_channels: int) -> nn.Module:
-    """A learnable 1x1 map from the student's channels to the teacher's; the identity if they are equal."""
-    if student_channels == teacher_channels:
+def channel_adapter(kind: AdapterKind, student_channels: int, teacher_channels: int, always: bool = False) -> nn.Module:
+    """A learnable 1x1 map from the student's channels to the teacher's; the identity if they are equal, unless
+    ``always`` (two independently trained networks need not order equal channels alike)."""
+    if student_channels == teacher_channels and not always:
         return nn.Identity()
     conv = nn.Conv2d(student_channels, teacher_channels, kernel_size=1, bias=False)
     if kind == "conv":
@@ -39,12 +40,14 @@ def channel_adapter(kind: AdapterKind, student_channels: int, teacher_channels: 
 
 
 class StudentConnector(nn.Module):
-    """Channel adapter (if the channel counts differ), then resizing to the teacher's spatial size."""
+    """Channel adapter (if the channel counts differ, or ``always``), then resizing to the teacher's spatial size."""
 
-    def __init__(self, kind: AdapterKind, student_shape: torch.Size, teacher_shape: torch.Size) -> None:
+    def __init__(
+        self, kind: AdapterKind, student_shape: torch.Size, teacher_shape: torch.Size, always: bool = False
+    ) -> None:
         super().__init__()
         require_maps(student_shape, teacher_shape)
-        self.adapter = channel_adapter(kind, student_shape[1], teacher_shape[1])
+        self.adapter = channel_adapter(kind, student_shape[1], teacher_shape[1], always)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return match_size(self.adapter(student), teacher)

@@ -7,8 +7,8 @@ n = ||F^s||_2, m = ||F^t||_2, theta the angle between them:
                                                      magnitude    angular (see angular.py)
 
 Both losses average the per-sample value over the batch. The student map passes through a learnable 1x1
-adapter when its channel count differs from the teacher's (FitNets' regressor), then is resized to the
-teacher's spatial size. Default binding: the last backbone stage ``c4`` of both models.
+adapter when its channel count differs from the teacher's (FitNets' regressor; with ``always_adapt`` also when
+they are equal), then is resized to the teacher's spatial size. Default binding: the last backbone stage ``c4`` of both models.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from segdistill.losses.registry import LOSSES
 @dataclass
 class FeatureParams:
     adapter: AdapterKind = "conv"
+    always_adapt: bool = False  # an adapter even when the channel counts are equal
 
 
 class AdaptedFeatureLoss(DistillLoss):
@@ -36,7 +37,7 @@ class AdaptedFeatureLoss(DistillLoss):
 
     def __init__(self, params, student_shape: torch.Size, teacher_shape: torch.Size) -> None:
         super().__init__(params, student_shape, teacher_shape)
-        self.connector = StudentConnector(params.adapter, student_shape, teacher_shape)
+        self.connector = StudentConnector(params.adapter, student_shape, teacher_shape, params.always_adapt)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, context: LossContext) -> torch.Tensor:
         return self.compare(self.connector(student, teacher), teacher)
