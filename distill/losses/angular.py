@@ -10,9 +10,9 @@ magnitude term and the 2mn/N factor of the angular term, so the loss no longer d
 ``scale`` is exposed because whether the paper keeps a factor 2 is unknown: scale 1 gives 1 - cos (default);
 scale 2 gives ||x/|x| - y/|y| ||^2. Norms are clamped at ``eps`` (a zero map has cosine 0, not NaN). The student
 map passes through a 1x1 adapter when the channel counts differ (an assumption of the spec), or with
-``always_adapt`` also when they are equal; it has no bias, so
-both losses are invariant to scaling the student. Default binding: ``c4`` of both models (the layer and the
-segmentation loss weight are not in the supplement; detection used weight 3).
+``always_adapt`` also when they are equal; it has no bias, so both losses are invariant to scaling the student.
+Default binding: ``c4`` of both models (the layer and the segmentation loss weight are not in the supplement;
+detection used weight 3).
 """
 
 from __future__ import annotations

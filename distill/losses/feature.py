@@ -8,7 +8,8 @@ n = ||F^s||_2, m = ||F^t||_2, theta the angle between them:
 
 Both losses average the per-sample value over the batch. The student map passes through a learnable 1x1
 adapter when its channel count differs from the teacher's (FitNets' regressor; with ``always_adapt`` also when
-they are equal), then is resized to the teacher's spatial size. Default binding: the last backbone stage ``c4`` of both models.
+they are equal), then is resized to the teacher's spatial size. Default binding: the last backbone stage ``c4``
+of both models.
 """
 
 from __future__ import annotations
