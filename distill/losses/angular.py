@@ -21,15 +21,13 @@ from dataclasses import dataclass
 
 import torch
 
-from segdistill.losses.connectors import AdapterKind, require_positive
-from segdistill.losses.feature import AdaptedFeatureLoss
+from segdistill.losses.connectors import require_positive
+from segdistill.losses.feature import AdaptedFeatureLoss, FeatureParams
 from segdistill.losses.registry import LOSSES
 
 
 @dataclass
-class AngularParams:
-    adapter: AdapterKind = "conv"
-    always_adapt: bool = False  # an adapter even when the channel counts are equal
+class AngularParams(FeatureParams):
     scale: float = 1.0
     eps: float = 1e-8
 
